@@ -36,7 +36,7 @@ def prenet_masks(config: AcousticConfig, steps: int, batch: int = 1,
 
 
 class ConvBN(nn.Module):
-    """Conv1d ("same" padding) followed by BatchNorm1d in inference mode."""
+    """Conv1d ("same" zero padding) followed by BatchNorm1d in inference mode."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int):
         super().__init__()
@@ -167,19 +167,23 @@ class Postnet(nn.Module):
         self.convs = nn.ModuleList(ConvBN(a, b, cfg.postnet_kernel) for a, b in zip(dims[:-1], dims[1:]))
 
     @property
-    def receptive_radius(self) -> int:
-        """Frames of context needed on each side for an exact output frame (2 per conv: 10)."""
+    def radius(self) -> int:
+        """Frames of context each output frame needs on each side (2 per conv: 10)."""
         return sum((c.conv.kernel_size[0] - 1) // 2 for c in self.convs)
 
-    def forward(self, frames: torch.Tensor, padding: bool = True) -> torch.Tensor:
-        """frames (B, 80, N) -> residual (B, 80, N) with zero padding at both ends (as trained).
+    def forward(self, frames: torch.Tensor, at_start: bool = True, at_end: bool = True) -> torch.Tensor:
+        """frames (B, 80, W) -> residual (B, 80, W').
 
-        With ``padding=False`` no padding is applied and the output loses ``receptive_radius`` frames
-        on each side: (B, 80, N - 2r). Streaming uses this with real context frames."""
+        Every conv zero-pads its input, as trained, but only at a true edge of the utterance
+        (``at_start``/``at_end``). Elsewhere the window carries real context frames and loses
+        ``radius`` frames on that side, so a window's output equals the same frames of the whole
+        utterance's output: W' = W - radius * (not at_start) - radius * (not at_end)."""
         x = frames
         last = len(self.convs) - 1
-        for i, conv in enumerate(self.convs):
-            x = conv(x) if padding else conv.norm(F.conv1d(x, conv.conv.weight, conv.conv.bias))
+        for i, layer in enumerate(self.convs):
+            c = (layer.conv.kernel_size[0] - 1) // 2
+            x = F.pad(x, (c if at_start else 0, c if at_end else 0))
+            x = layer.norm(F.conv1d(x, layer.conv.weight, layer.conv.bias))
             if i != last:
                 x = torch.tanh(x)
         return x

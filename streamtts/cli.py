@@ -1,0 +1,107 @@
+"""Command line: ``streamtts fetch | voices | frontend | synth``.
+
+Every user error ends with one line ``error [code]: message`` on stderr and exit status 2; a
+traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from streamtts.errors import StreamTTSError
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from streamtts.pack import ensure_pack
+
+    pack = ensure_pack(wheel=Path(args.wheel) if args.wheel else None, force=args.force)
+    print(f"voices ready in {pack.path}")
+    return 0
+
+
+def _cmd_voices(args: argparse.Namespace) -> int:
+    from streamtts.voices import DEFAULT_VOICE, VOICES
+
+    for voice in VOICES:
+        print(f"{voice}{'  (default)' if voice == DEFAULT_VOICE else ''}")
+    return 0
+
+
+def _cmd_frontend(args: argparse.Namespace) -> int:
+    from streamtts.text import phonemize
+
+    ph = phonemize(args.text)
+    print(json.dumps({"normalized": ph.normalized, "pinyin": ph.pinyin, "ids": ph.ids}, ensure_ascii=False))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from streamtts.audio import write_wav
+    from streamtts.synthesis import DEFAULT_SEED, Synthesizer
+    from streamtts.text import phonemize
+    from streamtts.voices import resolve_voice
+
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    voice = resolve_voice(args.voice)  # fail fast, before loading models
+    phonemize(args.text)
+    synth = Synthesizer()
+    t0 = time.perf_counter()
+    audio = synth.synthesize(args.text, voice=voice, seed=seed)
+    elapsed = time.perf_counter() - t0
+    write_wav(args.output, audio, synth.sample_rate)
+    seconds = len(audio) / synth.sample_rate
+    print(f"wrote {args.output}: {seconds:.2f} s of audio in {elapsed:.2f} s "
+          f"(RTF {elapsed / max(seconds, 1e-9):.3f}), voice {voice}, seed {seed}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from streamtts.voices import DEFAULT_VOICE
+
+    parser = argparse.ArgumentParser(prog="streamtts", description="Streaming Chinese text-to-speech.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download and convert the voices (once; later runs are offline)")
+    p.add_argument("--wheel", help=f"use this local ttskit wheel instead of downloading it")
+    p.add_argument("--force", action="store_true", help="convert again even if the pack verifies")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("voices", help="list the voices")
+    p.set_defaults(func=_cmd_voices)
+
+    p = sub.add_parser("frontend", help="print the normalized text, pinyin and model ids as JSON")
+    p.add_argument("text")
+    p.set_defaults(func=_cmd_frontend)
+
+    p = sub.add_parser("synth", help="synthesize text to a WAV file")
+    p.add_argument("text")
+    p.add_argument("-o", "--output", required=True, help="WAV file to write (16-bit mono, 22050 Hz)")
+    p.add_argument("--voice", default=DEFAULT_VOICE, help=f"voice name (default {DEFAULT_VOICE})")
+    p.add_argument("--seed", type=int, default=None, help="seed of the prenet dropout masks (default 0)")
+    p.set_defaults(func=_cmd_synth)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except StreamTTSError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
