@@ -42,22 +42,33 @@ def _cmd_frontend(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engines.torch_engine import TorchEngine
     from streamtts.audio import write_wav
-    from streamtts.synthesis import DEFAULT_SEED, Synthesizer
+    from streamtts.pipeline import DEFAULT_SEED
+    from streamtts.speech import Audio, Speaker
     from streamtts.text import phonemize
     from streamtts.voices import resolve_voice
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     voice = resolve_voice(args.voice)  # fail fast, before loading models
     phonemize(args.text)
-    synth = Synthesizer()
+    speaker = Speaker(TorchEngine())
     t0 = time.perf_counter()
-    audio = synth.synthesize(args.text, voice=voice, seed=seed)
+    ttfa = None
+    pieces = []
+    for event in speaker.speak(args.text, voice=voice, seed=seed):
+        if isinstance(event, Audio):
+            if ttfa is None:
+                ttfa = time.perf_counter() - t0
+            pieces.append(event.audio)
     elapsed = time.perf_counter() - t0
-    write_wav(args.output, audio, synth.sample_rate)
-    seconds = len(audio) / synth.sample_rate
-    print(f"wrote {args.output}: {seconds:.2f} s of audio in {elapsed:.2f} s "
-          f"(RTF {elapsed / max(seconds, 1e-9):.3f}), voice {voice}, seed {seed}")
+    audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    write_wav(args.output, audio, speaker.sample_rate)
+    seconds = len(audio) / speaker.sample_rate
+    print(f"wrote {args.output}: {seconds:.2f} s of audio, first audio after {1000 * (ttfa or 0):.0f} ms, "
+          f"all in {elapsed:.2f} s (RTF {elapsed / max(seconds, 1e-9):.3f}), voice {voice}, seed {seed}")
     return 0
 
 

@@ -1,6 +1,8 @@
-"""The synthesis driver: phoneme ids -> mel frames -> audio, around the models' single steps.
+"""Whole-utterance synthesis, the way ttskit runs the model: decode the whole sentence, then the
+postnet over all of it, then the vocoder over all of it (eager torch, no streaming).
 
-Stages, named by what they do::
+It is the reference the streaming path (:mod:`streamtts.speech`) is checked against, and the
+``upstream-eager`` baseline of the benchmark. Stages, named by what they do::
 
     phonemized = phonemize(text)                              # streamtts.text
     decoded    = synth.decode(ids, voice, seed)               # autoregressive loop, explicit masks
@@ -15,7 +17,6 @@ bad alignment cannot babble for the model's whole 1000-step budget.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -25,14 +26,10 @@ import torch
 from streamtts.models.acoustic import StepOutput, Tacotron2, prenet_masks
 from streamtts.models.vocoder import MelGAN
 from streamtts.pack import VoicePack, ensure_pack
+from streamtts.pipeline import DEFAULT_SEED, step_cap
 from streamtts.text import phonemize
 from streamtts.voices import resolve_voice, speaker_vector
 
-DEFAULT_SEED = 0
-# Measured on the test sentences: speech runs at 1.6-3.6 decoder frames per input symbol (see
-# tests/test_synthesis.py); 10 per symbol plus a margin leaves room for slow speech and stops babble.
-FRAMES_PER_SYMBOL = 10
-MIN_STEP_CAP = 50
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ class Decoded:
 
 
 class Synthesizer:
-    """Owns one acoustic model and one vocoder (eager torch). Thread-safe for concurrent calls."""
+    """Owns one acoustic model and one vocoder (eager torch)."""
 
     def __init__(self, pack: Optional[VoicePack] = None, device: str = "cpu",
                  gate_threshold: Optional[float] = None):
@@ -56,10 +53,6 @@ class Synthesizer:
         self.sample_rate = self.config.sample_rate
         self.hop_length = self.config.hop_length
         self.gate_threshold = self.config.gate_threshold if gate_threshold is None else gate_threshold
-        self._lock = threading.Lock()  # eager torch modules are not reentrant-safe for speed reasons
-
-    def step_cap(self, n_symbols: int) -> int:
-        return min(self.config.max_decoder_steps, max(MIN_STEP_CAP, FRAMES_PER_SYMBOL * n_symbols))
 
     @torch.inference_mode()
     def steps(self, ids: list[int], voice: str, seed: int = DEFAULT_SEED) -> Iterator[StepOutput]:
@@ -67,7 +60,7 @@ class Synthesizer:
         dec = self.model.decoder
         ids_t = torch.tensor([ids], dtype=torch.long, device=self.device)
         spk = speaker_vector(resolve_voice(voice)).to(self.device)[None]
-        cap = self.step_cap(len(ids))
+        cap = step_cap(len(ids), self.config.max_decoder_steps)
         masks = prenet_masks(self.config, cap, 1, torch.Generator().manual_seed(seed)).to(self.device)
         memory = self.model.encode(ids_t, spk)
         keys = dec.attention.memory_keys(memory)
@@ -81,15 +74,14 @@ class Synthesizer:
     def decode(self, ids: list[int], voice: str, seed: int = DEFAULT_SEED) -> Decoded:
         frames, gates, aligns = [], [], []
         stopped = False
-        with self._lock:
-            for out in self.steps(ids, voice, seed):
-                gate = torch.sigmoid(out.gate_logit[0]).item()
-                if gate > self.gate_threshold:
-                    stopped = True
-                    break
-                frames.append(out.frame[0])
-                gates.append(gate)
-                aligns.append(out.alignment[0])
+        for out in self.steps(ids, voice, seed):
+            gate = torch.sigmoid(out.gate_logit[0]).item()
+            if gate > self.gate_threshold:
+                stopped = True
+                break
+            frames.append(out.frame[0])
+            gates.append(gate)
+            aligns.append(out.alignment[0])
         if not frames:  # the gate fired at once: nothing to say
             empty = torch.zeros(self.config.n_mels, 0, device=self.device)
             return Decoded(empty, torch.zeros(0), torch.zeros(0, len(ids)), stopped)

@@ -34,8 +34,8 @@ class AcousticConfig:
     postnet_dim: int = 256
     postnet_kernel: int = 5
     postnet_convs: int = 5
-    gate_threshold: float = 0.5
-    max_decoder_steps: int = 1000
+    gate_threshold: float = 0.8
+    max_decoder_steps: int = 1200
     sample_rate: int = 22050
     hop_length: int = 256
 

@@ -54,9 +54,10 @@ def _attr(node: Inert, name: str) -> Any:
 def convert_acoustic(tree: Inert, hparams: dict[str, Any]) -> tuple[AcousticConfig, dict[str, torch.Tensor]]:
     """ttskit Tacotron2 tree + its hparams JSON -> (config, state dict in our names).
 
-    ``gate_threshold``/``max_decoder_steps`` keep the JSON's values (0.5, 1000) here; the pickled
-    decoder's own values (0.8, 1200) are what ttskit's inference path uses, and the synthesis driver
-    decides which to apply (see :mod:`streamtts.synthesis`)."""
+    ``gate_threshold``/``max_decoder_steps`` are taken from the pickled decoder (0.8, 1200), which
+    is what ttskit's inference runs with, not from the hparams JSON (0.5, 1000). Measured on the
+    16 test sentences with Whisper: both thresholds stop every sentence on the gate, and 0.8 gave
+    1.4 % toneless-pinyin errors for Aiyue against 2.3 % with 0.5 (biaobei 0.45 % with either)."""
     if tree.cls != "mellotron.model.Tacotron2":
         raise ModelPackError(f"expected a Tacotron2 module, found {tree.cls}")
     decoder = tree.child("decoder")
@@ -80,8 +81,8 @@ def convert_acoustic(tree: Inert, hparams: dict[str, Any]) -> tuple[AcousticConf
         postnet_dim=int(hparams.get("postnet_embedding_dim", 256)),
         postnet_kernel=int(hparams.get("postnet_kernel_size", 5)),
         postnet_convs=int(hparams.get("postnet_n_convolutions", 5)),
-        gate_threshold=float(hparams.get("gate_threshold", 0.5)),
-        max_decoder_steps=int(hparams.get("max_decoder_steps", 1000)),
+        gate_threshold=float(_attr(decoder, "gate_threshold")),
+        max_decoder_steps=int(_attr(decoder, "max_decoder_steps")),
         sample_rate=int(hparams.get("sampling_rate", 22050)),
         hop_length=int(hparams.get("hop_length", 256)),
     )

@@ -56,7 +56,7 @@ MEMBERS = {
     "vocoder": "ttskit/resource/model/melgan.kuangdd.pt",
 }
 PACK_NAME = f"{PACKAGE}-{VERSION}"
-FORMAT = 1
+FORMAT = 2  # bump when the converted files or manifest change meaning
 
 
 def home() -> Path:

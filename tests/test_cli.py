@@ -1,0 +1,63 @@
+"""The command line as a user runs it: real subprocesses, real voices."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from streamtts.audio import read_wav
+from streamtts.voices import VOICES
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamtts", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_voices_lists_all_24():
+    proc = run("voices")
+    assert proc.returncode == 0
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names == list(VOICES) and len(names) == 24
+
+
+def test_frontend_prints_one_json_object():
+    proc = run("frontend", "你好，世界。")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) == {"normalized", "pinyin", "ids"}
+    assert out["pinyin"][:2] == ["ni2", "hao3"]
+    assert out["ids"][-2:] == [1, 0]  # "~ _" ends every utterance
+
+
+def test_synth_writes_a_wav(tmp_path):
+    out = tmp_path / "out.wav"
+    proc = run("synth", "今天天气很好。", "-o", str(out), "--voice", "Aiyue", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    audio, rate = read_wav(out)
+    assert rate == 22050
+    assert 0.8 < len(audio) / rate < 4.0  # six syllables
+    assert 0.02 < float(abs(audio).max()) <= 1.0
+
+
+@pytest.mark.parametrize("text,code", [("", "empty_text"), ("   \n\t ", "empty_text"),
+                                       ("😀😀🎉", "no_speakable_text"), ("。！？", "no_speakable_text")])
+def test_bad_text_is_a_clear_error(tmp_path, text, code):
+    proc = run("synth", text, "-o", str(tmp_path / "x.wav"))
+    assert proc.returncode == 2
+    assert f"error [{code}]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_unknown_voice_lists_the_voices(tmp_path):
+    proc = run("synth", "你好。", "-o", str(tmp_path / "x.wav"), "--voice", "Nobody")
+    assert proc.returncode == 2 and "error [unknown_voice]" in proc.stderr
+    assert "biaobei" in proc.stderr and "Aiyue" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_frontend_bad_text_is_a_clear_error():
+    proc = run("frontend", "🙂")
+    assert proc.returncode == 2 and "error [no_speakable_text]" in proc.stderr
