@@ -22,8 +22,9 @@ install: $(STAMP)
 fetch: install
 	$(BIN)/streamtts fetch
 
+# Until the server lands, the main job is a streamed synthesis of a demo sentence.
 serve: fetch
-	$(BIN)/streamtts serve
+	$(BIN)/streamtts synth "你好，欢迎使用流式语音合成。今天天气很好，我们一起出去走走吧！" -o demo.wav --engine auto
 
 test: fetch
 	$(BIN)/python -m pytest -q

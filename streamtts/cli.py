@@ -44,7 +44,7 @@ def _cmd_frontend(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from engines.torch_engine import TorchEngine
+    from engines.registry import create_engine
     from streamtts.audio import write_wav
     from streamtts.pipeline import DEFAULT_SEED
     from streamtts.speech import Audio, Speaker
@@ -54,7 +54,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     seed = DEFAULT_SEED if args.seed is None else args.seed
     voice = resolve_voice(args.voice)  # fail fast, before loading models
     phonemize(args.text)
-    speaker = Speaker(TorchEngine())
+    speaker = Speaker(create_engine(args.engine))
     t0 = time.perf_counter()
     ttfa = None
     pieces = []
@@ -68,7 +68,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     write_wav(args.output, audio, speaker.sample_rate)
     seconds = len(audio) / speaker.sample_rate
     print(f"wrote {args.output}: {seconds:.2f} s of audio, first audio after {1000 * (ttfa or 0):.0f} ms, "
-          f"all in {elapsed:.2f} s (RTF {elapsed / max(seconds, 1e-9):.3f}), voice {voice}, seed {seed}")
+          f"all in {elapsed:.2f} s (RTF {elapsed / max(seconds, 1e-9):.3f}), voice {voice}, seed {seed}, "
+          f"engine {speaker.engine.name}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from streamtts import bench
+
+    if args.one:
+        print(json.dumps(bench.run_one(args.one, args.voice, asr=not args.no_asr, limit=args.limit)))
+        return 0
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bench.run(engines, args.voice, asr=not args.no_asr, limit=args.limit, json_path=args.json)
     return 0
 
 
@@ -96,7 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="WAV file to write (16-bit mono, 22050 Hz)")
     p.add_argument("--voice", default=DEFAULT_VOICE, help=f"voice name (default {DEFAULT_VOICE})")
     p.add_argument("--seed", type=int, default=None, help="seed of the prenet dropout masks (default 0)")
+    p.add_argument("--engine", default="torch", help="inference engine: torch, onnx, onnx-int8, auto")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("bench", help="benchmark TTFA, RTF and intelligibility per engine")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--engines", default="torch,onnx,onnx-int8", help="comma-separated engine names")
+    p.add_argument("--voice", default=DEFAULT_VOICE)
+    p.add_argument("--limit", type=int, default=None, help="only the first N test sentences")
+    p.add_argument("--no-asr", action="store_true", help="skip the intelligibility measurement")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one engine in this process
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
