@@ -12,6 +12,10 @@ How to call::
         ...
     pipe.alignments             # (N, T) attention weights of every spoken frame, when done
 
+``speed`` (0.5-2.0, default 1.0) changes the spoken rate without changing the pitch: the final mel
+is resampled along time (linear interpolation between frames, frame j taken at position
+j * speed) before the vocoder, so the chunk lasts about 1/speed as long. 1.0 leaves the mel as is.
+
 Closing the iterator early (``pipe.close()`` or dropping it) stops all work for the chunk.
 """
 
@@ -32,6 +36,7 @@ DEFAULT_SEED = 0
 # symbol; 10 per symbol leaves room for slow speech but stops a bad alignment from babbling on.
 FRAMES_PER_SYMBOL = 10
 MIN_STEP_CAP = 50
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
 
 
 def step_cap(n_symbols: int, max_decoder_steps: int) -> int:
@@ -65,9 +70,12 @@ class ChunkStream:
     seed: int = DEFAULT_SEED
     gate_threshold: Optional[float] = None
     schedule: BlockSchedule = field(default_factory=BlockSchedule)
+    speed: float = 1.0
 
     def __post_init__(self) -> None:
         self.voice = resolve_voice(self.voice)
+        if not MIN_SPEED <= self.speed <= MAX_SPEED:
+            raise ValueError(f"speed must be within {MIN_SPEED}-{MAX_SPEED}, got {self.speed}")
         cfg = self.engine.acoustic
         if self.gate_threshold is None:
             self.gate_threshold = cfg.gate_threshold
@@ -98,6 +106,7 @@ class ChunkStream:
         state = eng.initial_state(memory)
         r, ctx = eng.postnet_radius, eng.vocoder_context
         mel = np.zeros((cfg.n_mels, 0), np.float32)  # final mel frames computed so far
+        smel = mel  # the same, time-scaled by 1/speed (mel itself at speed 1.0)
         audio_done = 0  # samples emitted
         done = False
         sizes = self.schedule.sizes()
@@ -121,10 +130,14 @@ class ChunkStream:
                 out = eng.postnet(self.frames[ws:total].T, ws == 0, done)
                 out_start = ws if ws == 0 else ws + r
                 mel = np.concatenate((mel, out[:, lo - out_start: hi - out_start]), axis=1)
+            if self.speed != 1.0:
+                smel = _stretch(mel, smel, self.speed, done)
+            else:
+                smel = mel
             # vocoder: the tail of silence belongs to the utterance once it has ended
-            source = np.concatenate((mel, np.full((cfg.n_mels, vcfg.tail_frames), vcfg.tail_value,
-                                                  np.float32)), axis=1) if done else mel
-            end_sample = total * self.hop if done else (source.shape[1] - ctx) * self.hop
+            source = np.concatenate((smel, np.full((cfg.n_mels, vcfg.tail_frames), vcfg.tail_value,
+                                                   np.float32)), axis=1) if done else smel
+            end_sample = smel.shape[1] * self.hop if done else (source.shape[1] - ctx) * self.hop
             if end_sample <= audio_done:
                 continue
             ws = max(0, audio_done // self.hop - ctx)
@@ -134,3 +147,26 @@ class ChunkStream:
             piece = audio[audio_done - first: end_sample - first]
             yield AudioPiece(piece.astype(np.float32, copy=False), audio_done)
             audio_done += len(piece)
+
+
+def _stretch(mel: np.ndarray, out: np.ndarray, speed: float, done: bool) -> np.ndarray:
+    """Extend ``out`` (the time-scaled mel so far) with the frames that ``mel`` (final frames so
+    far) now determines. Frame j is mel at position j * speed, linearly interpolated; it is known
+    once both neighbours are. At the end the length is round(M / speed), the last positions
+    clamped to the last frame (for speed <= 2 no frame computed earlier lies past that length)."""
+    m = mel.shape[1]
+    if m == 0:
+        return out
+    if done:
+        k = max(1, int(np.floor(m / speed + 0.5)))
+    else:
+        k = int(np.floor((m - 1) / speed)) + 1 if m >= 2 else 0
+    have = out.shape[1]
+    if k <= have:
+        return out
+    pos = np.minimum(np.arange(have, k, dtype=np.float64) * speed, m - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, m - 1)
+    w = (pos - lo).astype(np.float32)
+    new = mel[:, lo] * (1.0 - w) + mel[:, hi] * w
+    return np.concatenate((out, new.astype(np.float32)), axis=1)

@@ -91,7 +91,8 @@ class Speaker:
         self.sample_rate = engine.vocoder_config.sample_rate
 
     def speak(self, text: Union[str, Iterable[str]], voice: str = "biaobei", seed: int = DEFAULT_SEED,
-              gate_threshold: Optional[float] = None) -> Iterator[Event]:
+              gate_threshold: Optional[float] = None, speed: float = 1.0) -> Iterator[Event]:
+        """``speed`` (0.5-2.0) scales the spoken rate, pauses and char times included (pitch kept)."""
         voice = resolve_voice(voice)
         fragments = [text] if isinstance(text, str) else text
         chunker = SentenceChunker(**self.chunker_options)
@@ -105,7 +106,7 @@ class Speaker:
             if pending_pause:
                 yield Audio(np.zeros(pending_pause, np.float32), position)
                 position += pending_pause
-            stream = ChunkStream(self.engine, ph.ids, voice, seed, gate_threshold, self.schedule)
+            stream = ChunkStream(self.engine, ph.ids, voice, seed, gate_threshold, self.schedule, speed=speed)
             start = position
             try:
                 for piece in stream:
@@ -113,10 +114,10 @@ class Speaker:
                     position += len(piece.audio)
             finally:
                 stream.close()
-            frame_ms = 1000.0 * stream.hop / self.sample_rate
+            frame_ms = 1000.0 * stream.hop / self.sample_rate / speed
             yield Segment(chunk.index, chunk.text, ph.normalized, start, position,
                           char_times(ph, stream.alignments, 1000.0 * start / self.sample_rate, frame_ms))
-            pending_pause = int(self.sample_rate * chunk.pause_ms / 1000)
+            pending_pause = int(self.sample_rate * chunk.pause_ms / 1000 / speed)
 
     @staticmethod
     def _chunks(chunker: SentenceChunker, fragments: Iterable[str]) -> Iterator[Chunk]:
