@@ -1,4 +1,4 @@
-"""Command line: ``streamtts fetch | voices | frontend | synth``.
+"""Command line: ``streamtts fetch | voices | frontend | synth | bench | serve``.
 
 Every user error ends with one line ``error [code]: message`` on stderr and exit status 2; a
 traceback means a bug.
@@ -84,6 +84,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from streamtts.protocol import Limits
+    from streamtts.server import ServerConfig, serve
+
+    if args.prewarm and not Path(args.prewarm).is_file():
+        print(f"error [prewarm]: no such file: {args.prewarm}", file=sys.stderr)
+        return 2
+    config = ServerConfig(
+        host=args.host, port=args.port, engine=args.engine, api_keys=tuple(args.api_key or ()),
+        allowed_origins=tuple(args.allowed_origin or ()), max_sessions=args.max_sessions,
+        prewarm=Path(args.prewarm) if args.prewarm else None, cache_bytes=int(args.cache_mb * 1024 * 1024),
+        limits=Limits(max_session_chars=args.max_session_chars, rate=args.rate, burst=2 * args.rate),
+        torch_threads=args.threads)
+    logging.getLogger("streamtts").setLevel(logging.INFO)
+    print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}; Ctrl-C stops)", flush=True)
+    serve(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from streamtts.voices import DEFAULT_VOICE
 
@@ -119,6 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-asr", action="store_true", help="skip the intelligibility measurement")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one engine in this process
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("serve", help="run the streaming server (WebSocket, OpenAI-compatible HTTP, web page)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+                   help="inference engine (default auto)")
+    p.add_argument("--api-key", action="extend", nargs="+", metavar="K",
+                   help="accepted API key(s); none: no authentication")
+    p.add_argument("--max-sessions", type=int, default=16, metavar="N",
+                   help="WebSocket sessions + HTTP speech requests at once (default 16)")
+    p.add_argument("--allowed-origin", action="extend", nargs="+", metavar="O",
+                   help="browser Origin(s) allowed, e.g. https://example.com; none: any")
+    p.add_argument("--prewarm", metavar="FILE", help="phrases (one a line) to synthesize into the cache at start")
+    p.add_argument("--cache-mb", type=float, default=64, help="phrase cache size in MiB (default 64; 0: off)")
+    p.add_argument("--max-session-chars", type=int, default=100_000, help="text per session (default 100000)")
+    p.add_argument("--rate", type=float, default=60, help="client messages per second per session (default 60)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the engine (default 1; 0: torch's choice)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

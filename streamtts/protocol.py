@@ -1,0 +1,455 @@
+"""Sans-I/O WebSocket session protocol (docs/protocol.md): messages in, events and messages out.
+
+No sockets, no threads, no clock other than the one passed in. The server moves data::
+
+    session = Session(limits=Limits())
+    for event in session.receive_text(frame):      # or receive_bytes(frame) for a binary frame
+        ...                                        # StartEvent, TextEvent, FlushEvent, CancelEvent, EndEvent
+    # synthesis results, tagged with the generation of the text they came from:
+    session.audio(generation, samples)             # float32 @ 22050 Hz
+    session.segment(generation, SpokenSegment(...))
+    session.pause(generation, n_samples)
+    session.finished(generation)                   # all text after `end` was spoken -> done
+    while (item := session.next_to_send()) is not None:
+        send(item)                                 # dict -> JSON text frame, bytes -> binary frame
+    if session.state is State.CLOSED: close(session.close_code)
+
+Errors a client causes never raise: they queue an ``error`` message (``fatal`` ones also close the
+session). ``cancel`` bumps ``session.generation``: results of older generations are dropped, and
+so is every audio frame and segment of the cancelled text still waiting to be sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import time
+import unicodedata
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from streamtts.errors import StreamTTSError
+from streamtts.pipeline import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
+from streamtts.server.codec import (FORMATS, NATIVE_RATE, SAMPLE_RATES, AudioEncoder, mulaw_decode,
+                                    mulaw_encode)
+from streamtts.voices import resolve_voice
+
+__all__ = [
+    "State", "Options", "Limits", "Session", "SpokenSegment", "StartEvent", "TextEvent",
+    "FlushEvent", "CancelEvent", "EndEvent", "ProtocolError", "parse_options", "check_text",
+    "error_message", "CLOSE_CODES", "TokenBucket", "AudioEncoder", "FORMATS", "SAMPLE_RATES",
+    "mulaw_encode", "mulaw_decode",
+]
+
+
+# WebSocket close code for each fatal error (RFC 6455 section 7.4.1).
+CLOSE_CODES = {"too_many_sessions": 1013, "internal": 1011, "message_too_large": 1009,
+               "bad_utf8": 1007, "idle_timeout": 1001, "unauthorized": 1008, "rate_limited": 1008}
+MAX_SEED = 2**31 - 1
+_DONE = object()  # outbox placeholder of the `done` message
+
+
+class State(enum.Enum):
+    NEW = "new"  # nothing received yet (or only rejected `start`s)
+    READY = "ready"  # options fixed, `ready` sent; text may come
+    ENDING = "ending"  # `end` received: speaking what is left, then `done`
+    CLOSED = "closed"  # `done` or a fatal error sent; the socket should close
+
+
+class ProtocolError(Exception):
+    """A client mistake with its error code (see docs/protocol.md)."""
+
+    def __init__(self, code: str, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.code, self.message, self.fatal = code, message, fatal
+
+
+@dataclass(frozen=True)
+class Options:
+    voice: str = "biaobei"
+    format: str = "pcm_s16le"
+    sample_rate: int = NATIVE_RATE
+    speed: float = 1.0
+    seed: int = DEFAULT_SEED
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 64 * 1024  # one client message (larger: message_too_large, session goes on)
+    max_text_chars: int = 4096  # `text` of one message
+    max_session_chars: int = 100_000  # all `text` of one session
+    rate: float = 60.0  # client messages per second, sustained (token bucket) ...
+    burst: float = 120.0  # ... and in a burst
+
+
+@dataclass(frozen=True)
+class StartEvent:
+    options: Options
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    text: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class FlushEvent:
+    generation: int
+
+
+@dataclass(frozen=True)
+class CancelEvent:
+    generation: int  # the new generation: results of older ones are dropped
+
+
+@dataclass(frozen=True)
+class EndEvent:
+    generation: int
+
+
+Event = Union[StartEvent, TextEvent, FlushEvent, CancelEvent, EndEvent]
+Outgoing = Union[dict, bytes]
+
+
+@dataclass
+class SpokenSegment:
+    """One spoken chunk, as the synthesis side reports it after the chunk's last audio."""
+
+    text: str  # the chunk as the client sent it
+    normalized: str  # what was spoken (the chars of `chars`)
+    chars: list[tuple[str, float, float]] = field(default_factory=list)  # (char, start_ms, end_ms) from the chunk's start
+
+
+class TokenBucket:
+    """``take()`` is True while the rate allows: ``rate`` per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = float(rate), float(burst), clock
+        self.tokens, self.stamp = float(burst), clock()
+
+    def take(self, n: float = 1.0) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+
+def error_message(code: str, message: str, fatal: bool = False) -> dict:
+    return {"type": "error", "code": code, "message": message, "fatal": fatal}
+
+
+def _number(value, what: str, code: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(code, f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_options(msg: dict) -> Options:
+    """Options of a `start` message (all fields optional; unknown fields ignored)."""
+    voice = msg.get("voice")
+    if voice is not None and not isinstance(voice, str):
+        raise ProtocolError("bad_message", "voice must be a string")
+    try:
+        voice = resolve_voice(voice)
+    except StreamTTSError as exc:
+        raise ProtocolError(exc.code, exc.message) from None
+    fmt = msg.get("format", "pcm_s16le")
+    if fmt not in FORMATS:
+        raise ProtocolError("unknown_format", f"unknown format {fmt!r}; the formats are: {', '.join(FORMATS)}")
+    rate = msg.get("sample_rate")
+    if rate is None:
+        rate = 8000 if fmt == "mulaw" else NATIVE_RATE
+    elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate not in SAMPLE_RATES:
+        raise ProtocolError("unsupported_sample_rate",
+                            f"unsupported sample_rate {rate!r}; use one of {', '.join(map(str, SAMPLE_RATES))}")
+    speed = _number(msg.get("speed", 1.0), "speed", "bad_speed")
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        raise ProtocolError("bad_speed", f"speed must be within {MIN_SPEED}-{MAX_SPEED}, got {speed}")
+    seed = msg.get("seed", DEFAULT_SEED)
+    if seed is None:
+        seed = DEFAULT_SEED
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ProtocolError("bad_message", f"seed must be an integer 0-{MAX_SEED}, got {seed!r}")
+    return Options(voice, fmt, int(rate), speed, seed)
+
+
+def _dropped(ch: str) -> bool:
+    # Control characters would reach the normalizer as garbage; newlines and tabs are spacing.
+    return unicodedata.category(ch) == "Cc" and ch not in "\t\n\r"
+
+
+def _can_speak(ch: str) -> bool:
+    # Letters, digits, punctuation and spaces shape speech (punctuation ends sentences, spaces
+    # separate Latin words); emoji, symbols and format characters do not.
+    return ch.isalnum() or ch.isspace() or unicodedata.category(ch)[0] == "P"
+
+
+def check_text(text, max_chars: int) -> str:
+    """The text of a `text` message (or an HTTP `input`), cleaned; raises ProtocolError."""
+    if not isinstance(text, str):
+        raise ProtocolError("bad_message", "text must be a string")
+    if not text:
+        raise ProtocolError("empty_text", "text is empty")
+    if len(text) > max_chars:
+        raise ProtocolError("text_too_long", f"text has {len(text)} characters; at most {max_chars} per message")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_utf8", "text is not valid Unicode (lone surrogate)") from None
+    if any(_dropped(ch) for ch in text):
+        text = "".join(ch for ch in text if not _dropped(ch))
+    if not any(_can_speak(ch) for ch in text):
+        raise ProtocolError("no_speakable_text", "nothing speakable in text (only emoji, symbols or control characters)")
+    return text
+
+
+class Session:
+    """One WebSocket session's protocol state machine; see the module docstring."""
+
+    def __init__(self, limits: Optional[Limits] = None, session_id: Optional[str] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.limits = limits or Limits()
+        self.id = session_id or uuid.uuid4().hex[:16]
+        self.clock = clock
+        self.state = State.NEW
+        self.options: Optional[Options] = None
+        self.generation = 0
+        self.close_code: Optional[int] = None
+        self.encoder: Optional[AudioEncoder] = None
+        self._bucket = TokenBucket(self.limits.rate, self.limits.burst, clock)
+        self._limited = False  # inside a run of rate-limited messages (one error per run)
+        self._outbox: deque[Outgoing] = deque()
+        self.buffered_bytes = 0  # audio bytes in the outbox
+        self.chars_received = 0
+        self.segments_sent = 0
+        self.samples_sent = 0  # output samples handed to the socket (all generations)
+        self._segment_start: Optional[int] = None  # output position where the current chunk began
+        self._position = 0  # output samples queued so far (for segment times)
+        self.native_samples = 0  # synthesized samples received (for rtf)
+        self.compute_s = 0.0  # synthesis time spent for this session (reported by the server)
+        self._ttfa_armed = True  # the next text starts a ttfa measurement (session start, after cancel)
+        self._ttfa_start: Optional[float] = None  # when that text came, until its first audio is sent
+        self._ttfa_pending = False  # an audio frame of the utterance is queued, not yet sent
+        self.ttfa_s: Optional[float] = None  # the session's first ttfa (for `done`)
+        self.ttfa_observed: list[float] = []  # every utterance's ttfa; the server drains it
+
+    # ---- client -> server -------------------------------------------------------------------
+
+    def receive_text(self, data: Union[str, bytes]) -> list[Event]:
+        """A text frame (str, or its raw UTF-8 bytes). Returns the events for the server."""
+        try:
+            return self._receive(data)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.fatal)
+            return []
+
+    def receive_bytes(self, data: bytes) -> list[Event]:
+        """A binary frame: never valid from a client."""
+        if self.state is State.CLOSED or not self._admit():
+            return []
+        self._error("binary_not_allowed", "send JSON text frames; binary frames are not accepted")
+        return []
+
+    def fail(self, code: str, message: str) -> None:
+        """End the session with a fatal error (server-detected: too many sessions, bug, ...)."""
+        if self.state is not State.CLOSED:
+            self._error(code, message, fatal=True)
+
+    def _admit(self) -> bool:
+        if self._bucket.take():
+            self._limited = False
+            return True
+        if not self._limited:
+            self._limited = True
+            self._error("rate_limited", f"more than {self.limits.rate:g} messages/s: messages are dropped "
+                                        "until the rate falls (one error per run of dropped messages)")
+        return False
+
+    def _receive(self, data: Union[str, bytes]) -> list[Event]:
+        if self.state is State.CLOSED or not self._admit():
+            return []
+        size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+        if size > self.limits.max_message_bytes:
+            raise ProtocolError("message_too_large", f"message of {size} bytes; at most {self.limits.max_message_bytes}")
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError("bad_utf8", "text frame is not valid UTF-8") from None
+        try:
+            msg = json.loads(data)
+        except (ValueError, RecursionError):
+            raise ProtocolError("bad_json", "message is not valid JSON") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError("bad_message", "message must be a JSON object")
+        kind = msg.get("type")
+        if not isinstance(kind, str):
+            raise ProtocolError("bad_message", 'message needs a string "type"')
+        handler = self._HANDLERS.get(kind)
+        if handler is None:
+            raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}; "
+                                                f"the types are: {', '.join(self._HANDLERS)}")
+        return handler(self, msg)
+
+    def _on_start(self, msg: dict) -> list[Event]:
+        if self.state is not State.NEW:
+            raise ProtocolError("bad_message", "start must be the first message of a session")
+        return [self._ready(parse_options(msg))]
+
+    def _implicit_start(self) -> list[Event]:
+        return [self._ready(Options())] if self.state is State.NEW else []
+
+    def _ready(self, options: Options) -> StartEvent:
+        self.options = options
+        self.encoder = AudioEncoder(options.format, options.sample_rate)
+        self.state = State.READY
+        self._queue({"type": "ready", "session": self.id, "voice": options.voice, "format": options.format,
+                     "sample_rate": options.sample_rate, "channels": 1, "speed": options.speed,
+                     "seed": options.seed})
+        return StartEvent(options)
+
+    def _on_text(self, msg: dict) -> list[Event]:
+        if self.state is State.ENDING:
+            raise ProtocolError("text_after_end", "text after end is not spoken")
+        text = check_text(msg.get("text"), self.limits.max_text_chars)
+        if self.chars_received + len(text) > self.limits.max_session_chars:
+            raise ProtocolError("text_too_long", f"the session's text would exceed {self.limits.max_session_chars} characters")
+        events = self._implicit_start()
+        self.chars_received += len(text)
+        if self._ttfa_armed:
+            self._ttfa_armed = False
+            self._ttfa_start = self.clock()
+        return events + [TextEvent(text, self.generation)]
+
+    def _on_flush(self, msg: dict) -> list[Event]:
+        if self.state is State.ENDING:
+            raise ProtocolError("bad_message", "flush after end: the session is ending")
+        return self._implicit_start() + [FlushEvent(self.generation)]
+
+    def _on_cancel(self, msg: dict) -> list[Event]:
+        events = self._implicit_start()
+        self.generation += 1
+        kept = deque(m for m in self._outbox if m is _DONE or isinstance(m, dict) and m.get("type") != "segment")
+        self._outbox = kept
+        self.buffered_bytes = 0
+        self._ttfa_pending = False
+        self._ttfa_start = None
+        self._ttfa_armed = True
+        self._segment_start = None
+        self.encoder.reset()
+        self._queue({"type": "cancelled"})
+        return events + [CancelEvent(self.generation)]
+
+    def _on_end(self, msg: dict) -> list[Event]:
+        if self.state is State.ENDING:
+            raise ProtocolError("bad_message", "end was already received")
+        events = self._implicit_start()
+        self.state = State.ENDING
+        return events + [EndEvent(self.generation)]
+
+    _HANDLERS = {"start": _on_start, "text": _on_text, "flush": _on_flush, "cancel": _on_cancel, "end": _on_end}
+
+    # ---- synthesis -> client ----------------------------------------------------------------
+
+    def _current(self, generation: int) -> bool:
+        return generation == self.generation and self.state in (State.READY, State.ENDING)
+
+    def audio(self, generation: int, samples: np.ndarray, compute_s: float = 0.0) -> None:
+        """Speech of the current chunk (float32 at 22050 Hz); ``compute_s`` the time it took."""
+        self.compute_s += compute_s
+        if not self._current(generation):
+            return
+        self.native_samples += len(samples)
+        if self._segment_start is None:
+            self._segment_start = self._position
+        self._queue_audio(self.encoder.encode(samples))
+
+    def segment(self, generation: int, seg: SpokenSegment, compute_s: float = 0.0) -> None:
+        """The current chunk's audio is complete: flush the resampler, then its `segment`."""
+        self.compute_s += compute_s
+        if not self._current(generation):
+            return
+        self._queue_audio(self.encoder.encode(np.zeros(0, np.float32), last=True))
+        rate = self.options.sample_rate
+        start = self._position if self._segment_start is None else self._segment_start
+        start_ms, end_ms = 1000.0 * start / rate, 1000.0 * self._position / rate
+        chars = [{"char": c, "start_ms": round(min(start_ms + s, end_ms), 1),
+                  "end_ms": round(min(start_ms + e, end_ms), 1)} for c, s, e in seg.chars]
+        self._queue({"type": "segment", "index": self.segments_sent, "text": seg.text,
+                     "normalized": seg.normalized, "audio_start_ms": round(start_ms, 1),
+                     "audio_end_ms": round(end_ms, 1), "chars": chars})
+        self.segments_sent += 1
+        self._segment_start = None
+
+    def pause(self, generation: int, n_samples: int) -> None:
+        """Silence between chunks (``n_samples`` at 22050 Hz)."""
+        if self._current(generation) and n_samples > 0:
+            self.native_samples += n_samples
+            self._queue_audio(self.encoder.silence(n_samples))
+
+    def finished(self, generation: int) -> None:
+        """Everything up to `end` was spoken: queue `done` and close."""
+        if self.state is not State.ENDING or generation != self.generation:
+            return
+        self._queue_audio(self.encoder.encode(np.zeros(0, np.float32), last=True))
+        self._outbox.append(_DONE)  # filled in when sent: ttfa is known once the audio has gone
+        self.state = State.CLOSED
+        self.close_code = 1000
+
+    # ---- outbox -----------------------------------------------------------------------------
+
+    def next_to_send(self) -> Optional[Outgoing]:
+        """The next message to send (dict: JSON text frame; bytes: binary frame), or None."""
+        if not self._outbox:
+            return None
+        item = self._outbox.popleft()
+        if item is _DONE:
+            seconds = self.native_samples / NATIVE_RATE
+            return {"type": "done", "ttfa_ms": None if self.ttfa_s is None else round(1000.0 * self.ttfa_s, 1),
+                    "audio_ms": round(1000.0 * self._position / self.options.sample_rate, 1),
+                    "rtf": round(self.compute_s / seconds, 4) if seconds else None, "segments": self.segments_sent}
+        if isinstance(item, bytes):
+            self.buffered_bytes -= len(item)
+            self.samples_sent += len(item) // self.encoder.sample_width
+            if self._ttfa_pending:
+                ttfa = self.clock() - self._ttfa_start
+                self.ttfa_observed.append(ttfa)
+                if self.ttfa_s is None:
+                    self.ttfa_s = ttfa
+                self._ttfa_pending = False
+                self._ttfa_start = None
+        return item
+
+    @property
+    def buffered_seconds(self) -> float:
+        """Seconds of audio queued and not yet handed to the socket (for backpressure)."""
+        if self.encoder is None:
+            return 0.0
+        return self.buffered_bytes / (self.encoder.sample_width * self.options.sample_rate)
+
+    def _queue(self, msg: dict) -> None:
+        self._outbox.append(msg)
+
+    def _queue_audio(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._ttfa_start is not None and not self._ttfa_pending:
+            self._ttfa_pending = True
+        self._position += len(data) // self.encoder.sample_width
+        self.buffered_bytes += len(data)
+        self._outbox.append(data)
+
+    def _error(self, code: str, message: str, fatal: bool = False) -> None:
+        self._queue(error_message(code, message, fatal))
+        if fatal:
+            self.state = State.CLOSED
+            self.close_code = CLOSE_CODES.get(code, 1008)

@@ -1,0 +1,25 @@
+"""The streamtts server (aiohttp): WebSocket streaming, OpenAI-compatible HTTP, metrics, web page.
+
+    from streamtts.server import ServerConfig, create_app, serve
+    app = create_app(ServerConfig(api_keys=("k",)), engine=None)   # aiohttp web.Application
+    serve(ServerConfig(port=8000))                                  # blocking
+
+Names are imported lazily, so ``streamtts.server.codec`` (used by the sans-I/O protocol) does not
+pull in aiohttp.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ServerConfig", "create_app", "serve"]
+
+
+def __getattr__(name: str):
+    if name == "ServerConfig":
+        from streamtts.server.config import ServerConfig
+
+        return ServerConfig
+    if name in ("create_app", "serve"):
+        from streamtts.server import app
+
+        return getattr(app, name)
+    raise AttributeError(name)

@@ -1,0 +1,153 @@
+"""The aiohttp application: routes, start-up and shut-down of the worker.
+
+    app = create_app(ServerConfig(port=8000), engine=None)   # engine None: loaded per config.engine
+    web.run_app(app, host=..., port=...)                      # or serve(config)
+
+Routes: ``GET /v1/stream`` (WebSocket), ``POST /v1/audio/speech``, ``GET /v1/voices``,
+``GET /health``, ``GET /ready``, ``GET /metrics``, and the files of ``config.static_dir`` at
+``/`` (``/`` is its index.html). See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from aiohttp import WSCloseCode, web
+
+from engines.base import Engine
+from streamtts.pipeline import BlockSchedule
+from streamtts.server.cache import PhraseCache
+from streamtts.server.config import ServerConfig
+from streamtts.server.limits import Guard
+from streamtts.server.metrics import Metrics
+from streamtts.server.scheduler import Scheduler
+from streamtts.server.speech_api import OPENAI_VOICES, speech_handler
+from streamtts.server.state import STATE, ServerState, openai_error
+from streamtts.server.worker import Worker
+from streamtts.server.ws import stream_handler
+from streamtts.voices import DEFAULT_VOICE, VOICES
+
+log = logging.getLogger(__name__)
+
+_MAX_BODY = 1024 * 1024  # HTTP request bodies (a speech request is at most 4096 chars of JSON)
+
+
+def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] = None) -> web.Application:
+    """A new server application. The worker thread starts with the app (on_startup) and loads
+    ``engine`` or ``config.engine``; ``/ready`` answers 200 once it is warm."""
+    config = config or ServerConfig()
+    metrics = Metrics()
+    cache = PhraseCache(config.cache_bytes) if config.cache_bytes > 0 else None
+    scheduler = Scheduler(engine, cache, metrics, max_buffered_s=config.max_buffered_s,
+                          schedule=BlockSchedule(config.block_first, config.block_rest))
+    worker = Worker(scheduler, config.engine, config.prewarm, config.torch_threads)
+    state = ServerState(config, metrics, cache, scheduler, worker, Guard(config))
+
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_cors])
+    app[STATE] = state
+    app.router.add_get("/v1/stream", stream_handler)
+    app.router.add_post("/v1/audio/speech", speech_handler)
+    app.router.add_get("/v1/voices", _voices)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _ready)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_route("OPTIONS", "/v1/{tail:.*}", _preflight)
+    if config.static_dir is not None:
+        app.router.add_get("/{path:.*}", _static)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_close_sockets)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+def serve(config: ServerConfig, engine: Optional[Engine] = None) -> None:
+    """Run the server until interrupted (blocking)."""
+    web.run_app(create_app(config, engine), host=config.host, port=config.port,
+                print=None, access_log=None)
+
+
+async def _start(app: web.Application) -> None:
+    app[STATE].worker.start()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for ws in list(app[STATE].sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+async def _stop(app: web.Application) -> None:
+    app[STATE].worker.stop()
+
+
+@web.middleware
+async def _cors(request: web.Request, handler):
+    response = await handler(request)
+    if request.path.startswith("/v1/") and not isinstance(response, web.WebSocketResponse):
+        origin = request.app[STATE].guard.cors_origin(request)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+    return response
+
+
+async def _preflight(request: web.Request) -> web.Response:
+    if request.app[STATE].guard.cors_origin(request) is None:
+        return openai_error(403, "origin_not_allowed", "this Origin is not allowed")
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+        "Access-Control-Max-Age": "600"})
+
+
+async def _voices(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if not state.guard.authorized(request):
+        return openai_error(401, "unauthorized", "missing or wrong API key", state.metrics)
+    return web.json_response({"voices": [{"name": v, "default": v == DEFAULT_VOICE} for v in VOICES],
+                              "aliases": OPENAI_VOICES, "default": DEFAULT_VOICE})
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    worker = request.app[STATE].worker
+    if worker.ready.is_set():
+        engine = worker.scheduler.engine
+        return web.json_response({"status": "ready", "engine": getattr(engine, "name", "?")})
+    if worker.failure is not None:
+        return web.json_response({"status": "failed", "error": worker.failure}, status=503)
+    return web.json_response({"status": "loading"}, status=503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.cache is not None:
+        state.metrics.cache_bytes.set(state.cache.bytes)
+    body, content_type = state.metrics.render()
+    # aiohttp wants the charset apart from the media type
+    media, _, params = content_type.partition(";")
+    charset = params.split("charset=")[-1].strip() if "charset=" in params else None
+    return web.Response(body=body, content_type=media.strip(), charset=charset)
+
+
+async def _static(request: web.Request) -> web.StreamResponse:
+    """A file under static_dir; never anything outside it (resolved paths are checked)."""
+    root = Path(request.app[STATE].config.static_dir).resolve()
+    rel = request.match_info["path"] or "index.html"
+    if "\x00" in rel:
+        raise web.HTTPNotFound()
+    try:
+        path = (root / rel).resolve()
+    except (OSError, RuntimeError):
+        raise web.HTTPNotFound() from None
+    if path.is_dir():
+        path = path / "index.html"
+    if not path.is_relative_to(root) or any(p.startswith(".") for p in path.relative_to(root).parts):
+        raise web.HTTPNotFound()
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,41 @@
+"""Server settings: one frozen dataclass, filled from the command line or by hand.
+
+    config = ServerConfig(port=0, api_keys=("secret",), max_sessions=8)
+    app = create_app(config)            # streamtts.server
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from streamtts.protocol import Limits
+
+# clients/web/ next to the streamtts package in a source checkout
+DEFAULT_STATIC_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: str = "auto"  # torch | onnx | onnx-int8 | auto (ignored when create_app gets an engine)
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    allowed_origins: tuple[str, ...] = ()  # empty: any Origin; else these plus the server's own
+    max_sessions: int = 16  # WebSocket sessions + HTTP speech requests at once
+    limits: Limits = field(default_factory=Limits)  # per-session message limits (protocol)
+    max_frame_bytes: int = 4 * 1024 * 1024  # WebSocket frames beyond this close the socket (1009)
+    request_rate: float = 10.0  # new sessions/requests per second per API key (or client IP) ...
+    request_burst: float = 20.0  # ... and in a burst
+    max_input_chars: int = 4096  # `input` of POST /v1/audio/speech (OpenAI's limit)
+    max_buffered_s: float = 5.0  # audio a session may have waiting for its client before it pauses
+    idle_timeout_s: float = 300.0  # a WebSocket with no client message for this long is closed
+    cache_bytes: int = 64 * 1024 * 1024  # phrase cache size (0: no cache)
+    prewarm: Optional[Path] = None  # file of phrases (one a line) synthesized into the cache at start
+    static_dir: Optional[Path] = DEFAULT_STATIC_DIR  # the web page; None: do not serve files
+    # torch intra-op threads for the engine (0: torch's default). One, because the decoder's ops are
+    # tiny: measured on 2 busy cores, RTF 0.6 with 1 thread and 6.5 with 2 (threads spin-wait).
+    torch_threads: int = 1
+    block_first: int = 24  # decoder steps of a chunk's first block (fast first audio) ...
+    block_rest: int = 64  # ... and of later blocks: the scheduler's unit of work

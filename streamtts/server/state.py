@@ -1,0 +1,40 @@
+"""What the handlers of one app share (``request.app[STATE]``), and small response helpers."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Optional
+
+from aiohttp import web
+
+from streamtts.server.cache import PhraseCache
+from streamtts.server.config import ServerConfig
+from streamtts.server.limits import Guard
+from streamtts.server.metrics import Metrics
+from streamtts.server.scheduler import Scheduler
+from streamtts.server.worker import Worker
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    metrics: Metrics
+    cache: Optional[PhraseCache]
+    scheduler: Scheduler
+    worker: Worker
+    guard: Guard
+    sockets: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # open WebSockets, closed at shutdown
+
+
+STATE = web.AppKey("streamtts_state", ServerState)
+
+
+def openai_error(status: int, code: str, message: str, metrics: Optional[Metrics] = None,
+                 headers: Optional[dict] = None) -> web.Response:
+    """An HTTP error in OpenAI's shape: {"error": {"message", "type", "code"}}."""
+    if metrics is not None:
+        metrics.errors.labels(code=code).inc()
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return web.json_response({"error": {"message": message, "type": kind, "code": code, "param": None}},
+                             status=status, headers=headers)
