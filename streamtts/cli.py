@@ -1,4 +1,4 @@
-"""Command line: ``streamtts fetch | voices | frontend | synth | bench | serve``.
+"""Command line: ``streamtts fetch | voices | frontend | synth | bench | serve | say``.
 
 Every user error ends with one line ``error [code]: message`` on stderr and exit status 2; a
 traceback means a bug.
@@ -103,6 +103,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_say(args: argparse.Namespace) -> int:
+    from clients.say import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from streamtts.voices import DEFAULT_VOICE
 
@@ -156,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=60, help="client messages per second per session (default 60)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the engine (default 1; 0: torch's choice)")
     p.set_defaults(func=_cmd_serve)
+
+    from clients.say import add_arguments as say_arguments
+
+    p = sub.add_parser("say", help="speak text through a running server (plays it, or writes a WAV)")
+    say_arguments(p)
+    p.set_defaults(func=_cmd_say)
     return parser
 
 
