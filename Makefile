@@ -22,9 +22,11 @@ install: $(STAMP)
 fetch: install
 	$(BIN)/streamtts fetch
 
-# Until the server lands, the main job is a streamed synthesis of a demo sentence.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 serve: fetch
-	$(BIN)/streamtts synth "你好，欢迎使用流式语音合成。今天天气很好，我们一起出去走走吧！" -o demo.wav --engine auto
+	$(BIN)/streamtts serve --host $(HOST) --port $(PORT) --engine auto
 
 test: fetch
 	$(BIN)/python -m pytest -q
