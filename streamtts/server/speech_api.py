@@ -99,6 +99,9 @@ async def speech_handler(request: web.Request) -> web.StreamResponse:
         return openai_error(429, "rate_limited", "too many requests for this key; try again shortly", metrics)
     try:
         body = json.loads(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        return openai_error(413, "message_too_large", f"the body is larger than {request.client_max_size} bytes",
+                            metrics)
     except (ValueError, RecursionError):
         return openai_error(400, "bad_json", "the body is not valid JSON", metrics)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,7 +23,7 @@ class ServerState:
     scheduler: Scheduler
     worker: Worker
     guard: Guard
-    sockets: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # open WebSockets, closed at shutdown
+    sockets: set = field(default_factory=set)  # open WebSockets, closed at shutdown
 
 
 STATE = web.AppKey("streamtts_state", ServerState)

@@ -51,6 +51,8 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         if not admitted:
             session.fail("too_many_sessions", f"the server is at its limit of {state.config.max_sessions} "
                                               "sessions; try again later")
+        elif state.worker.failure is not None:
+            session.fail("internal", f"the engine failed to load: {state.worker.failure}")
         await Connection(state, ws, session).run()
     return ws
 
@@ -80,6 +82,7 @@ class Connection:
             if self.job is not None:
                 self.scheduler.command(self.job, CLOSE)  # frees its work at once
             gauge.dec()
+            self.state.sockets.discard(self.ws)
             if not self.ws.closed:
                 await self.ws.close(code=self.session.close_code or 1000)
 
