@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.request
 import wave
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -448,3 +447,23 @@ def test_openai_speed(openai_client):
                                               response_format="pcm")
         lengths[speed] = len(r.content)
     assert 0.6 < lengths[1.5] / lengths[1.0] < 0.73
+
+
+def test_http_client_that_goes_away_frees_the_work(server):
+    import http.client
+
+    sched = server.state.scheduler
+    text = "这是一句要说很久的话。" * 20  # about 40 s of speech: far longer than this test waits
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/audio/speech", body=json.dumps({"model": "tts-1", "input": text, "voice": "alloy",
+                                                              "response_format": "pcm"}),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and len(response.read1(4096)) > 0
+    assert sched.jobs == 1
+    conn.sock.shutdown(2)
+    conn.close()
+    deadline = time.monotonic() + 8
+    while sched.jobs:
+        assert time.monotonic() < deadline, "the request's work outlived its client"
+        time.sleep(0.05)
