@@ -30,6 +30,17 @@ def _refusal(status: int, code: str, message: str, state: ServerState) -> web.Re
     return web.json_response(error_message(code, message, fatal=True), status=status)
 
 
+def _websocket(max_frame_bytes: int) -> web.WebSocketResponse:
+    # No permessage-deflate: PCM hardly compresses, and zlib would cost the CPU synthesis needs.
+    # Text frames stay bytes (aiohttp >= 3.14) so invalid UTF-8 is the protocol's non-fatal
+    # `bad_utf8`; older aiohttp decodes itself and closes such a socket with 1007.
+    kw = dict(max_msg_size=max_frame_bytes, heartbeat=30.0, compress=False)
+    try:
+        return web.WebSocketResponse(decode_text=False, **kw)
+    except TypeError:
+        return web.WebSocketResponse(**kw)
+
+
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     guard = state.guard
@@ -38,9 +49,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
                         state)
     if not guard.origin_allowed(request):
         return _refusal(403, "origin_not_allowed", f"Origin {request.headers.get('Origin')!r} is not allowed", state)
-    # no permessage-deflate: PCM hardly compresses, and zlib would cost the CPU synthesis needs
-    ws = web.WebSocketResponse(max_msg_size=state.config.max_frame_bytes, heartbeat=30.0, decode_text=False,
-                               compress=False)
+    ws = _websocket(state.config.max_frame_bytes)
     if not ws.can_prepare(request).ok:
         return _refusal(426, "bad_message", "this endpoint speaks WebSocket: send an Upgrade request", state)
     if not guard.admit_request(request):
