@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 
 __all__ = ["RingBuffer", "Player", "SayResult", "find_output_device", "say", "say_async", "add_arguments",
-           "run", "main", "write_wav", "FALLBACK_WAV", "SERVER_RATES"]
+           "run", "main", "write_wav", "play_rate", "FALLBACK_WAV", "SERVER_RATES"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"  # same as clients.client.DEFAULT_URL
 FALLBACK_WAV = Path("say.wav")
@@ -164,7 +164,7 @@ def find_output_device() -> tuple[Optional[dict], str]:
     return dict(info), ""
 
 
-def _play_rate(info: dict) -> int:
+def play_rate(info: dict) -> int:
     rate = int(round(float(info.get("default_samplerate") or 48000)))
     return rate if rate in SERVER_RATES else 48000
 
@@ -201,7 +201,7 @@ async def say_async(text: str, url: str = DEFAULT_URL, voice: Optional[str] = No
     player = None
     if info is not None:
         try:
-            player = Player(_play_rate(info))
+            player = Player(play_rate(info))
         except Exception as exc:  # noqa: BLE001 - the device cannot be opened (busy, bad rate)
             info, reason = None, f"cannot open the output device: {type(exc).__name__}: {exc}"
     if output is None and player is None:

@@ -1,0 +1,149 @@
+"""The web page (clients/web/) in real headless Chromium against the real server.
+
+Needs the ``playwright`` Python package and a Chromium binary (Debian: ``apt-get install
+chromium``; ``$STREAMTTS_CHROMIUM`` overrides the path). No browser download is involved: Playwright
+drives the system Chromium. The page's state is read from ``window.streamtts``.
+
+A screenshot of the page mid-speech goes to ``docs/page.png`` when that file is missing or
+``STREAMTTS_UPDATE_SCREENSHOT=1``; otherwise to the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from test_client_support import API_KEY, ROOT, live_server
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--autoplay-policy=no-user-gesture-required"]
+TEXT = "你好，欢迎使用流式语音合成。今天天气很好，我们一起出去走走吧！"
+LONG = "春天来了，公园里的花都开了。小朋友们在草地上放风筝，老人们在树下下棋。" * 6
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("STREAMTTS_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if candidate and (path := shutil.which(candidate)):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(pack):
+    return live_server()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium binary (apt-get install chromium, or set STREAMTTS_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 900, "height": 620})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server.base + "/?api_key=" + API_KEY)
+    pg.wait_for_function("window.streamtts && window.streamtts.voices.length > 0", timeout=15_000)
+    yield pg
+    context.close()
+    assert not errors, errors
+
+
+def state(pg) -> dict:
+    return pg.evaluate("({...window.streamtts, voices: undefined})")
+
+
+def test_page_streams_plays_and_highlights(page, tmp_path):
+    rate = page.evaluate("new AudioContext().sampleRate")
+    page.select_option("#voice", "Aiyue")
+    page.fill("#text", TEXT)
+    page.click("#speak")
+    page.wait_for_function("window.streamtts.samplesPlayed > 0", timeout=30_000)
+
+    # while it plays: the highlight follows the worklet's played samples
+    trace = []
+    shot = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        s = state(page)
+        trace.append(s)
+        if shot is None and s["highlighted"] >= 8:
+            shot = True
+            update = os.environ.get("STREAMTTS_UPDATE_SCREENSHOT") == "1"
+            target = ROOT / "docs" / "page.png"
+            page.screenshot(path=str(target if update or not target.exists() else tmp_path / "page.png"))
+        if s["state"] != "speaking":
+            break
+        time.sleep(0.05)
+    final = state(page)
+    assert final["state"] == "done", final
+
+    # audio arrived at the context's rate and every sample went through the worklet
+    assert final["sampleRate"] in (rate, 48000) and final["contextRate"] == rate
+    assert final["samplesReceived"] > 2.0 * final["sampleRate"]
+    assert final["samplesPlayed"] == final["samplesReceived"]
+    assert final["segments"] == 3 and final["error"] is None
+    # TTFA measured and shown
+    assert 0 < final["ttfaMs"] < 30_000
+    assert page.inner_text("#ttfa") == f"{round(final['ttfaMs'])} ms"
+    # highlighting advanced with playback, in many steps, and covers the text at the end
+    lit = [s["highlighted"] for s in trace]
+    assert lit == sorted(lit), lit
+    assert len(set(lit)) >= 6, lit
+    played_half = [s for s in trace if s["samplesPlayed"] < 0.5 * final["samplesReceived"]]
+    assert played_half and max(s["highlighted"] for s in played_half) < final["totalChars"]
+    assert final["highlighted"] == final["totalChars"] == len(TEXT)
+    assert page.locator("#spoken span.done").count() == len(TEXT)
+    assert page.inner_text("#status") == "done"
+
+
+def test_stop_cancels_and_silences_at_once(page):
+    page.fill("#text", LONG)
+    page.click("#speak")
+    page.wait_for_function("window.streamtts.samplesPlayed > 0.5 * window.streamtts.sampleRate", timeout=30_000)
+    before = state(page)
+    assert before["state"] == "speaking" and not before["streamEnded"], "the text should still be streaming"
+    page.click("#stop")
+    page.wait_for_function("window.streamtts.cancelled", timeout=10_000)
+    at_cancel = state(page)
+    assert at_cancel["state"] == "stopped" and at_cancel["buffered"] == 0
+    time.sleep(1.5)  # anything the server still sent would arrive by now
+    after = state(page)
+    assert after["framesAfterCancelled"] == 0 and after["samplesAfterCancelled"] == 0
+    assert after["samplesReceived"] == at_cancel["samplesReceived"]
+    # silence at once: at most one status tick of samples after the flush, then nothing
+    assert after["samplesPlayed"] - before["samplesPlayed"] < 0.5 * after["sampleRate"]
+    assert after["samplesPlayed"] == at_cancel["samplesPlayed"]
+    assert after["samplesReceived"] < 30 * after["sampleRate"]  # far less than the whole text
+    assert page.inner_text("#status") == "stopped" and page.is_disabled("#stop")
+
+    # and it speaks again afterwards
+    page.fill("#text", "再见。")
+    page.click("#speak")
+    page.wait_for_function("window.streamtts.state === 'done'", timeout=30_000)
+    again = state(page)
+    assert again["samplesPlayed"] == again["samplesReceived"] > 0 and again["highlighted"] == 3
+
+
+def test_page_without_key_says_so(browser, server):
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.goto(server.base + "/")
+    pg.wait_for_selector("#error:not([hidden])", timeout=15_000)
+    assert "API key" in pg.inner_text("#error")
+    pg.click("#speak")
+    pg.wait_for_function("window.streamtts.state === 'error'", timeout=15_000)
+    assert "API key" in pg.inner_text("#error")
+    context.close()
