@@ -293,7 +293,7 @@ class StreamClient:
 
     async def _read(self, ws: ClientConnection) -> None:
         """Reader task: audio and events of the session, in order."""
-        error: Optional[StreamTTSClientError] = None
+        error: Optional[BaseException] = None
         try:
             async for frame in ws:
                 if isinstance(frame, bytes):
@@ -332,11 +332,15 @@ class StreamClient:
                     self._queue.put_nowait(("error", exc))
         except ConnectionClosed as exc:
             error = StreamTTSClientError("connection_closed", f"connection closed: {exc}", True)
+        except Exception as exc:  # a callback raised, or a malformed message: the stream ends with it
+            error = exc
+            await ws.close()
         finally:
             if self.done is None or not self._ready_evt.is_set():
-                self._error = self._error or error or StreamTTSClientError(
-                    "connection_closed", "the server closed the connection", True)
-                self._queue.put_nowait(("error", self._error))
+                closed = StreamTTSClientError("connection_closed", "the server closed the connection", True)
+                if self._error is None:
+                    self._error = error if isinstance(error, StreamTTSClientError) else closed
+                self._queue.put_nowait(("error", error or self._error))
             self._ended = True
             self._ready_evt.set()
             self._cancelled_evt.set()

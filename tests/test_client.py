@@ -52,8 +52,8 @@ def test_async_tokens_audio_arrives_before_the_text_ends(server):
 
     c, pcm = run(main())
     assert log == ["waiting", "audio", "released"]
-    assert c.done is not None and c.done["segments"] == 2
-    assert [s["text"] for s in c.segments] == ["今天天气很好。", "我们一起出去走走吧！"]
+    assert c.done is not None and c.done["segments"] == len(c.segments) >= 2
+    assert "".join(s["text"] for s in c.segments) == "今天天气很好。我们一起出去走走吧！"
     assert c.ttfa_ms is not None and 0 < c.ttfa_ms < 30_000
     assert len(pcm) == c.audio_bytes and len(pcm) % 2 == 0
     assert abs(c.audio_ms - c.done["audio_ms"]) < 1.0
@@ -97,7 +97,7 @@ def test_cancel_stops_the_stream_at_once_and_the_client_speaks_again(server):
     (got, after_cancel, cancelled, done, audio_ms), c, again = run(main())
     assert cancelled and done is None and after_cancel == 0
     assert audio_ms < 8 * 2500  # far less than the whole text
-    assert c.done is not None and c.done["segments"] == 1 and len(again) == c.audio_bytes > 0
+    assert c.done is not None and c.done["segments"] >= 1 and len(again) == c.audio_bytes > 0
 
 
 def test_barge_in_from_another_task_keeps_the_session(server):
@@ -172,6 +172,20 @@ def test_iterator_failure_propagates_and_session_is_dropped(server):
             return b"".join([pcm async for pcm in c.stream("还好。")])  # reconnects
 
     assert len(run(main())) > 0
+
+
+def test_callback_errors_reach_the_caller(server):
+    def boom(seg):
+        raise ValueError("bad callback")
+
+    async def main():
+        async with StreamClient(server.ws, api_key=API_KEY, on_segment=boom) as c:
+            with pytest.raises(ValueError, match="bad callback"):
+                async for _ in c.stream("你好。再见。"):
+                    pass
+            assert not c.connected
+
+    run(main())
 
 
 def test_voices_endpoint_lists_what_the_page_offers(server):
