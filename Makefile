@@ -19,6 +19,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# System packages the tests use: Chromium (web page test, driven by Playwright) and PortAudio
+# (sounddevice). Installed with apt when missing and we are root.
+SYSDEPS := $(VENV)/.sysdeps
+$(SYSDEPS): $(BIN)/python
+	@if command -v chromium >/dev/null 2>&1 && ldconfig -p | grep -q libportaudio; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libportaudio2; \
+	else echo "please install chromium and libportaudio2 (e.g. apt-get install chromium libportaudio2)"; exit 1; fi
+	touch $(SYSDEPS)
+
 fetch: install
 	$(BIN)/streamtts fetch
 
@@ -28,7 +38,7 @@ PORT ?= 8000
 serve: fetch
 	$(BIN)/streamtts serve --host $(HOST) --port $(PORT) --engine auto
 
-test: fetch
+test: fetch $(SYSDEPS)
 	$(BIN)/python -m pytest -q
 
 bench: fetch
