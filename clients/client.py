@@ -164,16 +164,20 @@ class StreamClient:
 
     # ---- speaking ---------------------------------------------------------------------------
 
-    async def stream(self, text: TextInput):
+    async def stream(self, text: TextInput, idle_flush_s: Optional[float] = None):
         """Speak ``text`` (a str, or an iterable / async iterable of pieces sent as they come);
-        yield audio ``bytes`` as they arrive. Ends after ``done``, or after :meth:`cancel`."""
+        yield audio ``bytes`` as they arrive. Ends after ``done``, or after :meth:`cancel`.
+
+        The server speaks a sentence once the character after its end punctuation has come; with
+        ``idle_flush_s``, a ``flush`` is sent when the pieces stall that long (e.g. an LLM that
+        pauses after a sentence), so what was sent is spoken without waiting for more."""
         await self.connect()
         gen = self._gen
         queue = self._queue = asyncio.Queue()
         self.segments, self.done, self.ttfa_ms, self.audio_bytes, self.cancelled = [], None, None, 0, False
         self._t_text = None
         self._active, finished = True, False
-        self._sender = asyncio.create_task(self._send_text(text, gen, queue))
+        self._sender = asyncio.create_task(self._send_text(text, gen, queue, idle_flush_s))
         try:
             while True:
                 kind, payload = await queue.get()
@@ -237,7 +241,8 @@ class StreamClient:
         if self._error is not None and what != "ready":
             raise self._error
 
-    async def _send_text(self, text: TextInput, gen: int, queue: asyncio.Queue) -> None:
+    async def _send_text(self, text: TextInput, gen: int, queue: asyncio.Queue,
+                         idle_flush_s: Optional[float] = None) -> None:
         """Sender task: pieces go out as they come (joined when faster than SEND_INTERVAL_S), then end."""
         pending: list[str] = []
         more = asyncio.Event()
@@ -260,9 +265,18 @@ class StreamClient:
                 more.set()
 
         producer = asyncio.create_task(produce())
+        unflushed = False  # text sent since the last flush
         try:
             while True:
-                await more.wait()
+                if idle_flush_s and unflushed:
+                    try:
+                        await asyncio.wait_for(more.wait(), idle_flush_s)
+                    except asyncio.TimeoutError:
+                        await self._send({"type": "flush"})
+                        unflushed = False
+                        continue
+                else:
+                    await more.wait()
                 more.clear()
                 if producer.done() and producer.exception() is not None:
                     raise producer.exception()
@@ -274,6 +288,7 @@ class StreamClient:
                     if self._t_text is None:
                         self._t_text = time.perf_counter()
                     await self._send({"type": "text", "text": chunk[i:i + MAX_PIECE_CHARS]})
+                    unflushed = True
                 if exhausted and not pending:
                     break
                 await asyncio.sleep(SEND_INTERVAL_S)

@@ -60,6 +60,27 @@ def test_async_tokens_audio_arrives_before_the_text_ends(server):
     assert c.audio_ms > 1500
 
 
+def test_idle_flush_speaks_a_sentence_when_the_tokens_stall(server):
+    """Without the next character the server holds a finished sentence; idle_flush_s sends flush."""
+    first_audio = asyncio.Event()
+
+    async def tokens():
+        yield "今天天气很好。"
+        await asyncio.wait_for(first_audio.wait(), 30)  # stalls until the sentence is heard
+        yield "我们走吧。"
+
+    async def main():
+        async with StreamClient(server.ws, api_key=API_KEY) as c:
+            n = 0
+            async for pcm in c.stream(tokens(), idle_flush_s=0.3):
+                first_audio.set()
+                n += len(pcm)
+            return c, n
+
+    c, n = run(main())
+    assert n == c.audio_bytes > 0 and "".join(s["text"] for s in c.segments) == "今天天气很好。我们走吧。"
+
+
 def test_formats_rates_and_segments(server):
     async def main():
         pcm16, c16 = await synthesize("你好，世界。", server.ws, api_key=API_KEY, sample_rate=16000)
