@@ -339,6 +339,9 @@ class Session:
         events = self._implicit_start()
         self.generation += 1
         kept = deque(m for m in self._outbox if m is _DONE or isinstance(m, dict) and m.get("type") != "segment")
+        # audio dropped from the outbox was never sent: positions count samples sent
+        dropped = sum(len(m) for m in self._outbox if isinstance(m, (bytes, bytearray)))
+        self._position -= dropped // self.encoder.sample_width
         self._outbox = kept
         self.buffered_bytes = 0
         self._ttfa_pending = False

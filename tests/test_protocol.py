@@ -236,6 +236,9 @@ def test_cancel_drops_queued_audio_and_results_of_the_cancelled_text():
     s.segment(1, SpokenSegment("好。", "好.", []))
     items = drain(s)
     assert isinstance(items[0], bytes) and items[-1]["type"] == "segment" and items[-1]["index"] == 0
+    # times count audio actually sent: the dropped frames of the cancelled text are not in them
+    sent_before = len(first) // 2
+    assert items[-1]["audio_start_ms"] == pytest.approx(1000 * sent_before / 22050, abs=0.1)
 
 
 def test_cancel_after_end_still_finishes():
