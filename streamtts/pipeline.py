@@ -51,13 +51,26 @@ class AudioPiece:
 
 @dataclass
 class BlockSchedule:
-    """Decoder steps per block: ``first`` for the first block (fast first audio), then ``rest``."""
+    """Decoder steps per block: ``first``, then from ``second`` (at least ``first``) doubling up
+    to ``rest``, then ``rest`` for good.
+
+    The first block must exceed the postnet's and the vocoder's look-ahead (10 + 6 frames) to
+    yield audio at all; 24 gives ~90 ms of first audio quickly. Growing blocks keep each block's
+    compute shorter than the audio already emitted (no underrun at a real-time listener), while
+    large later blocks cut the overlap the vocoder recomputes at window edges. Measured with
+    onnx-int8 on the 16 test sentences (2-core CPU): rest 64 -> RTF 0.147, rest 128 -> 0.134,
+    TTFA unchanged (25 ms); a first block of 16 delays first audio to the second block (189 ms)."""
 
     first: int = 24
-    rest: int = 64
+    rest: int = 128
+    second: int = 32
 
     def sizes(self) -> Iterator[int]:
         yield self.first
+        size = max(self.second, self.first)
+        while size < self.rest:
+            yield size
+            size *= 2
         while True:
             yield self.rest
 
