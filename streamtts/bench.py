@@ -63,7 +63,8 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def _run_streaming(engine_name: str, sentences: list[str], voice: str) -> tuple[dict, list[np.ndarray]]:
+def _run_streaming(engine_name: str, sentences: list[str], voice: str,
+                   repeats: int) -> tuple[dict, list[np.ndarray]]:
     from engines.registry import create_engine
     from streamtts.speech import Audio, Speaker
 
@@ -73,7 +74,7 @@ def _run_streaming(engine_name: str, sentences: list[str], voice: str) -> tuple[
     timed.seconds = dict.fromkeys(timed.seconds, 0.0)
     timed.steps = 0
     ttfa, audios, compute = [], [], 0.0
-    for text in sentences:
+    for text in sentences * repeats:
         t0 = time.perf_counter()
         first: Optional[float] = None
         pieces = []
@@ -99,7 +100,7 @@ def _run_streaming(engine_name: str, sentences: list[str], voice: str) -> tuple[
     return row, audios
 
 
-def _run_baseline(sentences: list[str], voice: str) -> tuple[dict, list[np.ndarray]]:
+def _run_baseline(sentences: list[str], voice: str, repeats: int) -> tuple[dict, list[np.ndarray]]:
     from streamtts.synthesis import Synthesizer
     from streamtts.text import phonemize
 
@@ -108,7 +109,7 @@ def _run_baseline(sentences: list[str], voice: str) -> tuple[dict, list[np.ndarr
     latencies, audios = [], []
     decode_s = vocode_s = 0.0
     steps = 0
-    for text in sentences:
+    for text in sentences * repeats:
         t0 = time.perf_counter()
         ids = phonemize(text).ids
         decoded = synth.decode(ids, voice)
@@ -134,17 +135,19 @@ def _run_baseline(sentences: list[str], voice: str) -> tuple[dict, list[np.ndarr
     return row, audios
 
 
-def run_one(engine_name: str, voice: str = "biaobei", asr: bool = True, limit: Optional[int] = None) -> dict:
+def run_one(engine_name: str, voice: str = "biaobei", asr: bool = True, limit: Optional[int] = None,
+            repeats: int = 1) -> dict:
     """Benchmark one engine in this process; returns its row."""
     from streamtts.evaluation.sentences import TEST_SENTENCES
 
     sentences = list(TEST_SENTENCES[:limit] if limit else TEST_SENTENCES)
     if engine_name == BASELINE:
-        row, audios = _run_baseline(sentences, voice)
+        row, audios = _run_baseline(sentences, voice, repeats)
     else:
-        row, audios = _run_streaming(engine_name, sentences, voice)
+        row, audios = _run_streaming(engine_name, sentences, voice, repeats)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row["sentences"] = len(sentences)
+    row["repeats"] = repeats
     row["voice"] = voice
     if asr:
         from streamtts.evaluation.asr import Transcriber
@@ -152,7 +155,7 @@ def run_one(engine_name: str, voice: str = "biaobei", asr: bool = True, limit: O
 
         transcriber = Transcriber()
         row["pinyin_error_rate"] = corpus_error_rate(
-            (text, transcriber.transcribe(audio, 22050)) for text, audio in zip(sentences, audios))
+            (text, transcriber.transcribe(audio, 22050)) for text, audio in zip(sentences, audios))  # 1st pass
     else:
         row["pinyin_error_rate"] = None
     return row
@@ -196,7 +199,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def run(engines: list[str], voice: str = "biaobei", asr: bool = True, limit: Optional[int] = None,
-        json_path: Optional[str] = None) -> dict:
+        json_path: Optional[str] = None, repeats: int = 1) -> dict:
     """Every engine (and the baseline) in its own child process; prints a markdown table."""
     rows = []
     for name in [*engines, BASELINE]:
@@ -205,6 +208,7 @@ def run(engines: list[str], voice: str = "biaobei", asr: bool = True, limit: Opt
             cmd.append("--no-asr")
         if limit:
             cmd += ["--limit", str(limit)]
+        cmd += ["--repeats", str(repeats)]
         print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -77,10 +77,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from streamtts import bench
 
     if args.one:
-        print(json.dumps(bench.run_one(args.one, args.voice, asr=not args.no_asr, limit=args.limit)))
+        print(json.dumps(bench.run_one(args.one, args.voice, asr=not args.no_asr, limit=args.limit,
+                                       repeats=args.repeats)))
         return 0
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    bench.run(engines, args.voice, asr=not args.no_asr, limit=args.limit, json_path=args.json)
+    bench.run(engines, args.voice, asr=not args.no_asr, limit=args.limit, json_path=args.json,
+              repeats=args.repeats)
     return 0
 
 
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", default=DEFAULT_VOICE)
     p.add_argument("--limit", type=int, default=None, help="only the first N test sentences")
     p.add_argument("--no-asr", action="store_true", help="skip the intelligibility measurement")
+    p.add_argument("--repeats", type=int, default=3, help="passes over the sentences for the timings")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one engine in this process
     p.set_defaults(func=_cmd_bench)
 
