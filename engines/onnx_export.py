@@ -34,8 +34,6 @@ its recorded sha256 is rebuilt alone. Files are written to a temp name and renam
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import inspect
 import json
 import logging
@@ -43,7 +41,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import onnx
 import torch
@@ -53,7 +51,7 @@ from engines.onnx_graphs import STATE_NAMES, build_decoder_block, quantize_decod
 from streamtts.models.acoustic import DecoderState, Tacotron2
 from streamtts.models.vocoder import MelGAN
 from streamtts.pack import VoicePack
-from streamtts.pack.store import sha256_file
+from streamtts.cachefiles import locked, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -260,18 +258,6 @@ def stale_graphs(pack: VoicePack, variant: str, meta: dict[str, Any] | None = No
     return [n for n in names if n in stale]
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One build at a time per voice pack, across processes."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -316,7 +302,7 @@ def _ensure(pack: VoicePack, variant: str, fp32: GraphSet | None) -> GraphSet:
     directory = cache_dir(pack, variant)
     meta = _read_meta(directory)
     if stale_graphs(pack, variant, meta):
-        with _locked(directory.parent):
+        with locked(directory.parent):
             meta = _read_meta(directory)  # another process may have built it while we waited
             stale = stale_graphs(pack, variant, meta)
             if stale:

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fetch", help="download and convert the voices (once; later runs are offline)")
-    p.add_argument("--wheel", help=f"use this local ttskit wheel instead of downloading it")
+    p.add_argument("--wheel", help="use this local ttskit wheel instead of downloading it")
     p.add_argument("--force", action="store_true", help="convert again even if the pack verifies")
     p.set_defaults(func=_cmd_fetch)
 

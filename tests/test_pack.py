@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from streamtts.errors import ModelPackError, UnsafePickleError

