@@ -12,7 +12,7 @@ It is the reference the streaming path (:mod:`streamtts.speech`) is checked agai
 
 Stop rule: decoding stops at the first step whose sigmoid(gate) exceeds ``gate_threshold``; that
 stop frame is not spoken. The number of steps is capped in proportion to the input length, so a
-bad alignment cannot babble for the model's whole 1000-step budget.
+bad alignment cannot babble for the model's whole 1200-step budget.
 """
 
 from __future__ import annotations
