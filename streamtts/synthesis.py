@@ -18,18 +18,18 @@ bad alignment cannot babble for the model's whole 1200-step budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from streamtts.models.acoustic import StepOutput, Tacotron2, prenet_masks
+from engines.torch_engine import TorchEngine
+from streamtts.models.acoustic import Tacotron2, prenet_masks
 from streamtts.models.vocoder import MelGAN
 from streamtts.pack import VoicePack, ensure_pack
 from streamtts.pipeline import DEFAULT_SEED, step_cap
 from streamtts.text import phonemize
 from streamtts.voices import resolve_voice, speaker_vector
-
 
 
 @dataclass(frozen=True)
@@ -41,51 +41,26 @@ class Decoded:
 
 
 class Synthesizer:
-    """Owns one acoustic model and one vocoder (eager torch)."""
+    """Whole-utterance synthesis with the eager torch engine."""
 
     def __init__(self, pack: Optional[VoicePack] = None, device: str = "cpu",
                  gate_threshold: Optional[float] = None):
-        self.pack = pack or ensure_pack()
-        self.device = torch.device(device)
-        self.model: Tacotron2 = self.pack.load_acoustic(self.device)
-        self.vocoder: MelGAN = self.pack.load_vocoder(self.device)
+        self.engine = TorchEngine(pack or ensure_pack(), device)
+        self.model: Tacotron2 = self.engine.model
+        self.vocoder: MelGAN = self.engine.vocoder
         self.config = self.model.config
         self.sample_rate = self.config.sample_rate
         self.hop_length = self.config.hop_length
         self.gate_threshold = self.config.gate_threshold if gate_threshold is None else gate_threshold
 
-    @torch.inference_mode()
-    def steps(self, ids: list[int], voice: str, seed: int = DEFAULT_SEED) -> Iterator[StepOutput]:
-        """Yield decoder steps (batch of 1) until the step cap; the caller applies the stop rule."""
-        dec = self.model.decoder
-        ids_t = torch.tensor([ids], dtype=torch.long, device=self.device)
-        spk = speaker_vector(resolve_voice(voice)).to(self.device)[None]
-        cap = step_cap(len(ids), self.config.max_decoder_steps)
-        masks = prenet_masks(self.config, cap, 1, torch.Generator().manual_seed(seed)).to(self.device)
-        memory = self.model.encode(ids_t, spk)
-        keys = dec.attention.memory_keys(memory)
-        state = dec.initial_state(memory)
-        frame = dec.go_frame(memory)
-        for i in range(cap):
-            out = dec.step(frame, masks[i], memory, keys, state)
-            yield out
-            frame, state = out.frame, out.state
-
     def decode(self, ids: list[int], voice: str, seed: int = DEFAULT_SEED) -> Decoded:
-        frames, gates, aligns = [], [], []
-        stopped = False
-        for out in self.steps(ids, voice, seed):
-            gate = torch.sigmoid(out.gate_logit[0]).item()
-            if gate > self.gate_threshold:
-                stopped = True
-                break
-            frames.append(out.frame[0])
-            gates.append(gate)
-            aligns.append(out.alignment[0])
-        if not frames:  # the gate fired at once: nothing to say
-            empty = torch.zeros(self.config.n_mels, 0, device=self.device)
-            return Decoded(empty, torch.zeros(0), torch.zeros(0, len(ids)), stopped)
-        return Decoded(torch.stack(frames, 1), torch.tensor(gates), torch.stack(aligns), stopped)
+        """Decode the whole utterance in one block (same masks as the streaming path)."""
+        cap = step_cap(len(ids), self.config.max_decoder_steps)
+        masks = prenet_masks(self.config, cap, 1, torch.Generator().manual_seed(seed))[:, :, 0, :].numpy()
+        memory = self.engine.encode(np.asarray(ids, np.int64), speaker_vector(resolve_voice(voice)).numpy())
+        block = self.engine.decode(memory, self.engine.initial_state(memory), masks, self.gate_threshold)
+        return Decoded(torch.from_numpy(block.frames.T.copy()), torch.from_numpy(block.gates),
+                       torch.from_numpy(block.alignments), block.stopped)
 
     @torch.inference_mode()
     def postnet(self, frames: torch.Tensor) -> torch.Tensor:
