@@ -55,6 +55,11 @@ class Segment:
 Event = Union[Audio, Segment]
 
 
+def pause_samples(pause_ms: int, speed: float, sample_rate: int) -> int:
+    """Samples of silence after a chunk: its punctuation's pause, scaled with the speaking rate."""
+    return int(sample_rate * pause_ms / 1000 / speed)
+
+
 def char_times(ph: Phonemized, alignments: np.ndarray, start_ms: float, frame_ms: float) -> list[CharTime]:
     """Per-character times from the attention alignment (frames x ids): each frame is given to the
     character of the id it attends to most; a character spans its first to last such frame, and
@@ -117,7 +122,7 @@ class Speaker:
             frame_ms = 1000.0 * stream.hop / self.sample_rate / speed
             yield Segment(chunk.index, chunk.text, ph.normalized, start, position,
                           char_times(ph, stream.alignments, 1000.0 * start / self.sample_rate, frame_ms))
-            pending_pause = int(self.sample_rate * chunk.pause_ms / 1000 / speed)
+            pending_pause = pause_samples(chunk.pause_ms, speed, self.sample_rate)
 
     @staticmethod
     def _chunks(chunker: SentenceChunker, fragments: Iterable[str]) -> Iterator[Chunk]:

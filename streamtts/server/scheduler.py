@@ -43,7 +43,7 @@ from streamtts.errors import TextError
 from streamtts.pipeline import BlockSchedule, ChunkStream
 from streamtts.protocol import SpokenSegment
 from streamtts.server.cache import CacheKey, CachedChunk, PhraseCache
-from streamtts.speech import char_times
+from streamtts.speech import char_times, pause_samples
 from streamtts.text import Phonemized, phonemize
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class Scheduler:
         if hit is not None:
             self._post_audio(job, AudioOut(job.generation, hit.audio, time.perf_counter() - t0), len(hit.audio))
             self._post(job, SegmentOut(job.generation, SpokenSegment(chunk.text, ph.normalized, list(hit.chars)), 0.0))
-            job.pause = int(NATIVE_RATE * chunk.pause_ms / 1000 / job.speed)
+            job.pause = pause_samples(chunk.pause_ms, job.speed, NATIVE_RATE)
             return
         stream = ChunkStream(self.engine, ph.ids, job.voice, job.seed, schedule=self.block_schedule, speed=job.speed)
         job.current = _Current(chunk, ph, stream, compute_s=time.perf_counter() - t0)
@@ -317,7 +317,7 @@ class Scheduler:
             self.metrics.rtf.observe(rtf)
             self.metrics.last_rtf.set(rtf)
         self._post(job, SegmentOut(job.generation, SpokenSegment(cur.chunk.text, cur.ph.normalized, list(chars)), dt))
-        job.pause = int(NATIVE_RATE * cur.chunk.pause_ms / 1000 / job.speed)
+        job.pause = pause_samples(cur.chunk.pause_ms, job.speed, NATIVE_RATE)
 
     @staticmethod
     def _chars(ph: Phonemized, stream: ChunkStream, speed: float) -> tuple:
