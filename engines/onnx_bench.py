@@ -44,7 +44,7 @@ def _median_ms(fn: Callable[[], object], repeats: int, per: float = 1.0) -> tupl
 
 def run(repeats: int = 9, threads: int | None = None) -> dict[str, dict[str, float]]:
     ids = np.asarray(SENTENCE_IDS, np.int64)
-    spk = speaker_vector("biaobei").numpy()
+    spk = speaker_vector("biaobei")
     torch_engine = TorchEngine()
     engines = {"onnx": OnnxEngine(threads=threads), "onnx-int8": OnnxEngine(variant="int8", threads=threads)}
     step_engines = {k + "/step": OnnxEngine(variant=e.variant, threads=threads, decoder="step")

@@ -46,7 +46,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     from engines.registry import create_engine
     from streamtts.audio import write_wav
-    from streamtts.pipeline import DEFAULT_SEED
+    from streamtts.constants import DEFAULT_SEED
     from streamtts.speech import Audio, Speaker
     from streamtts.text import phonemize
     from streamtts.voices import resolve_voice

@@ -28,15 +28,14 @@ import numpy as np
 import torch
 
 from engines.base import Engine
+from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED  # noqa: F401  (re-exported)
 from streamtts.models.acoustic import prenet_masks
 from streamtts.voices import resolve_voice, speaker_vector
 
-DEFAULT_SEED = 0
 # Measured on the 16 test sentences (2 voices): speech runs at 3.7-4.8 decoder frames per input
 # symbol; 10 per symbol leaves room for slow speech but stops a bad alignment from babbling on.
 FRAMES_PER_SYMBOL = 10
 MIN_STEP_CAP = 50
-MIN_SPEED, MAX_SPEED = 0.5, 2.0
 
 
 def step_cap(n_symbols: int, max_decoder_steps: int) -> int:
@@ -115,7 +114,7 @@ class ChunkStream:
     def _run(self) -> Iterator[AudioPiece]:
         eng, cfg, vcfg = self.engine, self.engine.acoustic, self.engine.vocoder_config
         masks = prenet_masks(cfg, self.cap, 1, torch.Generator().manual_seed(self.seed))[:, :, 0, :].numpy()
-        memory = eng.encode(np.asarray(self.ids, np.int64), speaker_vector(self.voice).numpy())
+        memory = eng.encode(np.asarray(self.ids, np.int64), speaker_vector(self.voice))
         state = eng.initial_state(memory)
         r, ctx = eng.postnet_radius, eng.vocoder_context
         mel = np.zeros((cfg.n_mels, 0), np.float32)  # final mel frames computed so far

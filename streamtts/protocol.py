@@ -33,10 +33,9 @@ from typing import Callable, Optional, Union
 
 import numpy as np
 
+from streamtts.codec import FORMATS, NATIVE_RATE, SAMPLE_RATES, AudioEncoder, mulaw_decode, mulaw_encode
+from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.errors import StreamTTSError
-from streamtts.pipeline import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
-from streamtts.server.codec import (FORMATS, NATIVE_RATE, SAMPLE_RATES, AudioEncoder, mulaw_decode,
-                                    mulaw_encode)
 from streamtts.voices import resolve_voice
 
 __all__ = [

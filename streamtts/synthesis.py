@@ -57,7 +57,7 @@ class Synthesizer:
         """Decode the whole utterance in one block (same masks as the streaming path)."""
         cap = step_cap(len(ids), self.config.max_decoder_steps)
         masks = prenet_masks(self.config, cap, 1, torch.Generator().manual_seed(seed))[:, :, 0, :].numpy()
-        memory = self.engine.encode(np.asarray(ids, np.int64), speaker_vector(resolve_voice(voice)).numpy())
+        memory = self.engine.encode(np.asarray(ids, np.int64), speaker_vector(resolve_voice(voice)))
         block = self.engine.decode(memory, self.engine.initial_state(memory), masks, self.gate_threshold)
         return Decoded(torch.from_numpy(block.frames.T.copy()), torch.from_numpy(block.gates),
                        torch.from_numpy(block.alignments), block.stopped)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
+import numpy as np
 
 from streamtts.errors import UnknownVoiceError
 
@@ -33,7 +33,7 @@ def resolve_voice(name: str | None) -> str:
     return voice
 
 
-def speaker_vector(name: str) -> torch.Tensor:
-    """(32,) float32 speaker vector of a voice."""
+def speaker_vector(name: str) -> np.ndarray:
+    """(32,) float32 numpy speaker vector of a voice (``torch.from_numpy`` it for the torch model)."""
     digest = hashlib.md5(resolve_voice(name).encode("utf-8")).hexdigest()
-    return (torch.tensor([int(d, 16) for d in digest], dtype=torch.float32) - 7.0) / 10.0
+    return ((np.array([int(d, 16) for d in digest], dtype=np.float32) - 7.0) / 10.0).astype(np.float32)

@@ -69,7 +69,7 @@ def masks(torch_engine):
 
 @pytest.fixture(scope="module")
 def spk():
-    return speaker_vector("biaobei").numpy()
+    return speaker_vector("biaobei")
 
 
 def as_onnx_memory(memory) -> OnnxMemory:

@@ -33,7 +33,7 @@ def test_same_masks_same_mel_same_audio(originals, synth, text, voice, seed):
     steps = 1200  # the pickled decoder's max_decoder_steps
     masks = prenet_masks(synth.config, steps, 1, torch.Generator().manual_seed(seed))
     upstream.DROPOUT.masks = [m for step in masks for m in step]
-    text_t, spk = torch.tensor([ids]), speaker_vector(voice)[None]
+    text_t, spk = torch.tensor([ids]), torch.from_numpy(speaker_vector(voice))[None]
     with torch.no_grad():
         mels, mels_post, gates, aligns = acoustic.inference((text_t, 0, spk, None))
         ref_audio = vocoder.inference(mels_post).float() / 32768.0

@@ -4,8 +4,9 @@
     app = create_app(ServerConfig(api_keys=("k",)), engine=None)   # aiohttp web.Application
     serve(ServerConfig(port=8000))                                  # blocking
 
-Names are imported lazily, so ``streamtts.server.codec`` (used by the sans-I/O protocol) does not
-pull in aiohttp.
+Names are imported lazily, so importing a submodule (``streamtts.server.config``, say) does not pull
+in aiohttp. The sans-I/O protocol and its audio codec live outside this package
+(``streamtts.protocol``, ``streamtts.codec``) and import nothing from it.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import time
 import numpy as np
 from aiohttp import web
 
+from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.errors import StreamTTSError
-from streamtts.pipeline import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.protocol import AudioEncoder, ProtocolError, check_text
 from streamtts.server.scheduler import (CLOSE, END, NATIVE_RATE, TEXT, AudioOut, FinishedOut, Job, PauseOut,
                                         SegmentOut)

@@ -15,8 +15,8 @@ from typing import Optional
 
 from engines.base import Engine
 from streamtts.chunker import preload, split_text
+from streamtts.constants import DEFAULT_SEED
 from streamtts.errors import TextError
-from streamtts.pipeline import DEFAULT_SEED
 from streamtts.server.scheduler import Scheduler
 from streamtts.text import warm_up
 from streamtts.voices import DEFAULT_VOICE

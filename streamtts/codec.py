@@ -17,7 +17,10 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-NATIVE_RATE = 22050
+from streamtts.constants import NATIVE_RATE
+
+__all__ = ["NATIVE_RATE", "FORMATS", "SAMPLE_RATES", "AudioEncoder", "mulaw_encode", "mulaw_decode"]
+
 FORMATS = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}  # bytes per sample
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
