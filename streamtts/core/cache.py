@@ -1,12 +1,12 @@
 """Phrase cache: LRU of synthesized chunks, bounded in bytes. Thread-safe.
 
     cache = PhraseCache(max_bytes=64 << 20)
-    key = CacheKey(normalized, voice, seed, speed)
+    key = CacheKey(normalized, voice, seed, speed, engine_name)
     cache.put(key, CachedChunk(audio, chars))   # audio float32 @ 22050 Hz, chars from chunk start
     hit = cache.get(key)                        # CachedChunk or None (and counts the hit/miss)
 
 A chunk is synthesized on its own (its prenet masks start from the seed), so the same normalized
-text, voice, seed and speed always give the same audio: the cache returns exactly what synthesis
+text, voice, seed, speed and engine (acoustic backend + vocoder) always give the same audio: the cache returns exactly what synthesis
 would.
 """
 
@@ -27,6 +27,7 @@ class CacheKey(NamedTuple):
     voice: str
     seed: int
     speed: float
+    engine: str = ""  # Engine.name: which acoustic backend and vocoder made it
 
 
 @dataclass(frozen=True)
