@@ -1,9 +1,9 @@
-"""Text in, audio out, as a stream: chunker -> frontend -> chunk-exact synthesis -> pieces.
+"""Text in, audio out, as a stream: the library API over the engine core.
 
-This is the stream-first API every front end uses (CLI, server, benchmark); writing a file is a
-thin wrapper around it::
+This is the stream-first API (CLI, benchmark, scripts); it drives the same scheduler and runner
+as the server (:mod:`streamtts.core`), one request at a time::
 
-    speaker = Speaker(engine)
+    speaker = Speaker(create_engine("auto"))
     for event in speaker.speak("你好，今天天气很好。", voice="biaobei"):
         if isinstance(event, Audio):    event.audio (S,) float32 @ 22050 Hz
         elif isinstance(event, Segment): event.text, event.start_sample, event.end_sample, event.chars
@@ -14,16 +14,20 @@ soon as the chunker knows it is complete. Closing the generator stops all work a
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
 from engines.base import Engine
-from streamtts.chunker import Chunk, SentenceChunker
-from streamtts.errors import NoSpeakableTextError
-from streamtts.pipeline import DEFAULT_SEED, BlockSchedule, ChunkStream
-from streamtts.text import Phonemized, phonemize
+from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
+from streamtts.core.engine import SpeechEngine, scheduler_config_for
+from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
+from streamtts.core.request import CLOSE, END, TEXT, Request
+from streamtts.core.scheduler import BlockSchedule
+from streamtts.core.timing import CharTime, pause_samples  # noqa: F401 - part of this API
+from streamtts.errors import StreamTTSError
 from streamtts.voices import resolve_voice
 
 
@@ -31,13 +35,6 @@ from streamtts.voices import resolve_voice
 class Audio:
     audio: np.ndarray  # (S,) float32 in [-1, 1]
     start_sample: int  # position of audio[0] in the whole utterance
-
-
-@dataclass
-class CharTime:
-    char: str
-    start_ms: float
-    end_ms: float
 
 
 @dataclass
@@ -55,82 +52,75 @@ class Segment:
 Event = Union[Audio, Segment]
 
 
-def pause_samples(pause_ms: int, speed: float, sample_rate: int) -> int:
-    """Samples of silence after a chunk: its punctuation's pause, scaled with the speaking rate."""
-    return int(sample_rate * pause_ms / 1000 / speed)
+class SynthesisError(StreamTTSError):
+    """Synthesis of a chunk failed inside the engine."""
 
-
-def char_times(ph: Phonemized, alignments: np.ndarray, start_ms: float, frame_ms: float) -> list[CharTime]:
-    """Per-character times from the attention alignment (frames x ids): each frame is given to the
-    character of the id it attends to most; a character spans its first to last such frame, and
-    characters never overlap or go back in time."""
-    if len(alignments) == 0:
-        return []
-    owner = [ph.char_index[i] for i in alignments.argmax(axis=1)]
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for f, c in enumerate(owner):
-        if c >= 0:
-            first.setdefault(c, f)
-            last[c] = f
-    out: list[CharTime] = []
-    prev_end = 0
-    for c in sorted(first):
-        if not ph.normalized[c].isalnum():  # punctuation has ids but is not a spoken char
-            continue
-        s = max(first[c], prev_end)
-        e = max(last[c] + 1, s + 1)
-        prev_end = e
-        out.append(CharTime(ph.normalized[c], start_ms + s * frame_ms, start_ms + e * frame_ms))
-    return out
+    code = "internal"
 
 
 class Speaker:
-    """Speaks text with one engine. Not thread-safe: one ``speak`` at a time per engine."""
+    """Speaks text with one engine. Not thread-safe: one ``speak`` at a time per Speaker."""
 
     def __init__(self, engine: Engine, schedule: Optional[BlockSchedule] = None,
                  chunker_options: Optional[dict] = None):
         self.engine = engine
-        self.schedule = schedule or BlockSchedule()
+        self.schedule = schedule or BlockSchedule(rest=128)
         self.chunker_options = chunker_options or {}
-        self.sample_rate = engine.vocoder_config.sample_rate
+        self.sample_rate = engine.sample_rate
+        # no consumer lag to wait for: a generator's caller takes each piece before the next tick
+        self.core = SpeechEngine(engine, config=scheduler_config_for(
+            engine, blocks=self.schedule, max_buffered_s=float("inf"), vocode_frames=1 << 30,
+            max_lead_frames=1 << 30, drop_late_pauses=False))
 
     def speak(self, text: Union[str, Iterable[str]], voice: str = "biaobei", seed: int = DEFAULT_SEED,
-              gate_threshold: Optional[float] = None, speed: float = 1.0) -> Iterator[Event]:
+              speed: float = 1.0) -> Iterator[Event]:
         """``speed`` (0.5-2.0) scales the spoken rate, pauses and char times included (pitch kept)."""
         voice = resolve_voice(voice)
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise ValueError(f"speed must be within {MIN_SPEED}-{MAX_SPEED}, got {speed}")
         fragments = [text] if isinstance(text, str) else text
-        chunker = SentenceChunker(**self.chunker_options)
+        outputs: deque = deque()
+        req = Request(voice, seed, float(speed), sink=outputs.append, chunker_options=self.chunker_options)
+        sched = self.core.scheduler
+        sched.add_request(req)
         position = 0  # samples emitted so far, pauses included
-        pending_pause = 0
-        for chunk in self._chunks(chunker, fragments):
-            try:
-                ph = phonemize(chunk.text)
-            except NoSpeakableTextError:
-                continue
-            if pending_pause:
-                yield Audio(np.zeros(pending_pause, np.float32), position)
-                position += pending_pause
-            stream = ChunkStream(self.engine, ph.ids, voice, seed, gate_threshold, self.schedule, speed=speed)
-            start = position
-            try:
-                for piece in stream:
-                    yield Audio(piece.audio, position)
-                    position += len(piece.audio)
-            finally:
-                stream.close()
-            frame_ms = 1000.0 * stream.hop / self.sample_rate / speed
-            yield Segment(chunk.index, chunk.text, ph.normalized, start, position,
-                          char_times(ph, stream.alignments, 1000.0 * start / self.sample_rate, frame_ms))
-            pending_pause = pause_samples(chunk.pause_ms, speed, self.sample_rate)
-
-    @staticmethod
-    def _chunks(chunker: SentenceChunker, fragments: Iterable[str]) -> Iterator[Chunk]:
-        for fragment in fragments:
-            yield from chunker.push(fragment)
-        yield from chunker.flush()
+        start = 0  # where the current chunk's speech began
+        sr = self.sample_rate
+        try:
+            for kind, *args in _commands(fragments):
+                sched.command(req, kind, 0, *args)
+                while self.core.step():
+                    while outputs:
+                        out = outputs.popleft()
+                        if isinstance(out, PauseOut):
+                            yield Audio(np.zeros(out.samples, np.float32), position)
+                            position += out.samples
+                            start = position
+                        elif isinstance(out, AudioOut):
+                            yield Audio(out.audio, position)
+                            position += len(out.audio)
+                        elif isinstance(out, SegmentOut):
+                            seg = out.segment
+                            t0 = 1000.0 * start / sr
+                            yield Segment(seg.index, seg.text, seg.normalized, start, position,
+                                          [CharTime(c, t0 + s, t0 + e) for c, s, e in seg.chars])
+                            start = position
+                        elif isinstance(out, FailedOut):
+                            raise SynthesisError(out.message)
+                        elif isinstance(out, FinishedOut):
+                            return
+        finally:
+            if req.id in sched.requests or sched._new:
+                sched.command(req, CLOSE)
+                self.core.step()  # frees the request's runner state now
 
     def synthesize(self, text: str, voice: str = "biaobei", seed: int = DEFAULT_SEED) -> np.ndarray:
         """The whole utterance as one array (the streamed pieces, concatenated)."""
         pieces = [e.audio for e in self.speak(text, voice, seed) if isinstance(e, Audio)]
         return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+def _commands(fragments: Iterable[str]) -> Iterator[tuple]:
+    for fragment in fragments:
+        yield (TEXT, fragment)
+    yield (END,)

@@ -23,11 +23,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from engines.torch_engine import TorchEngine
-from streamtts.models.acoustic import Tacotron2, prenet_masks
+from engines.torch_backend import TorchTacotron
+from streamtts.models.acoustic import Tacotron2
 from streamtts.models.vocoder import MelGAN
 from streamtts.pack import VoicePack, ensure_pack
-from streamtts.pipeline import DEFAULT_SEED, step_cap
+from streamtts.constants import DEFAULT_SEED
 from streamtts.text import phonemize
 from streamtts.voices import resolve_voice, speaker_vector
 
@@ -45,22 +45,26 @@ class Synthesizer:
 
     def __init__(self, pack: Optional[VoicePack] = None, device: str = "cpu",
                  gate_threshold: Optional[float] = None):
-        self.engine = TorchEngine(pack or ensure_pack(), device)
-        self.model: Tacotron2 = self.engine.model
-        self.vocoder: MelGAN = self.engine.vocoder
+        pack = pack or ensure_pack()
+        self.acoustic = TorchTacotron(pack, device)
+        self.model: Tacotron2 = self.acoustic.model
+        self.vocoder: MelGAN = pack.load_vocoder(device)
         self.config = self.model.config
         self.sample_rate = self.config.sample_rate
         self.hop_length = self.config.hop_length
         self.gate_threshold = self.config.gate_threshold if gate_threshold is None else gate_threshold
 
     def decode(self, ids: list[int], voice: str, seed: int = DEFAULT_SEED) -> Decoded:
-        """Decode the whole utterance in one block (same masks as the streaming path)."""
-        cap = step_cap(len(ids), self.config.max_decoder_steps)
-        masks = prenet_masks(self.config, cap, 1, torch.Generator().manual_seed(seed))[:, :, 0, :].numpy()
-        memory = self.engine.encode(np.asarray(ids, np.int64), speaker_vector(resolve_voice(voice)))
-        block = self.engine.decode(memory, self.engine.initial_state(memory), masks, self.gate_threshold)
-        return Decoded(torch.from_numpy(block.frames.T.copy()), torch.from_numpy(block.gates),
-                       torch.from_numpy(block.alignments), block.stopped)
+        """Decode the whole utterance in one block (same masks and gate loop as the streaming
+        path: the torch backend's batched decoder with one row)."""
+        ac = self.acoustic
+        row = ac.start(np.asarray(ids, np.int64), speaker_vector(resolve_voice(voice)), seed, self.gate_threshold)
+        out = ac._decode(ac._batch([row], row.cap))
+        gates = out.gates[:, 0]
+        fired = np.flatnonzero(gates > self.gate_threshold)
+        keep = int(fired[0]) if len(fired) else len(gates)
+        return Decoded(torch.from_numpy(out.frames[:keep, 0].T.copy()), torch.from_numpy(gates[:keep].copy()),
+                       torch.from_numpy(out.alignments[:keep, 0].copy()), bool(len(fired)))
 
     @torch.inference_mode()
     def postnet(self, frames: torch.Tensor) -> torch.Tensor:

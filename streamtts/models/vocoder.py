@@ -52,6 +52,10 @@ class ResStack(nn.Module):
 
 
 class MelGAN(nn.Module):
+    # Mel frames of real context an output sample needs on each side: the receptive field is
+    # 5.6 frames wide on each side (conv_pre 3, then the upsampled stacks' dilations).
+    context_frames = 6
+
     def __init__(self, config: VocoderConfig):
         super().__init__()
         self.config = config

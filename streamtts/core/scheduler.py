@@ -1,0 +1,322 @@
+"""The scheduler: which requests decode a block now and which mel windows are vocoded. Pure
+Python policy, no tensors; the runner (:mod:`streamtts.core.runner`) executes its plans::
+
+    sched = Scheduler(SchedulerConfig())
+    sched.add_request(req); sched.command(req, TEXT, 0, "你好。")   # any thread
+    plan = sched.schedule(timeout=0.5)           # engine thread; None when nothing is runnable
+    out = runner.execute(plan)                   # one batched decoder call, batched vocoder calls
+    sched.update(plan, out)                      # routes audio and segments to the requests' sinks
+
+Policy (why):
+
+* Earliest deadline first. A request's deadline is when its listener runs out of audio: when its
+  work became due plus the seconds of audio produced since. New speech is due at once, so a
+  newcomer's first block goes first (fast first audio), and running streams stay ahead of
+  playback in order of need.
+* One decoder call a tick for every running chunk (up to ``max_batch`` by deadline). All rows run
+  the same number of steps: the smallest block any of them is due for, so a newcomer's short
+  first block (24 steps) is never held up behind others' long ones. Rows join and leave between
+  blocks; a row stops on its own rule inside the block.
+* The vocoder is the expensive stage, so each tick vocodes at most ``vocode_frames`` frames of
+  audio, given out by deadline. That bounds a tick, and so bounds how long a newcomer waits.
+  A row is not decoded further ahead of its vocoded audio than ``max_lead_frames``.
+* A request whose consumer holds ``max_buffered_s`` of audio it has not played is paused (no
+  decoding, no vocoding) until it reads (:meth:`flow`).
+* Cancel and close take effect at the next ``schedule()`` (within one tick) and free the
+  request's runner state; a failure reported by the runner ends only that request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+from streamtts.core.outputs import (AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut)
+from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, ChunkProgress, Request, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockSchedule:
+    """Decoder steps per block of a chunk: ``first``, then from ``second`` (at least ``first``)
+    doubling up to ``rest``, then ``rest`` for good.
+
+    The first block must exceed the acoustic model's and the vocoder's look-ahead (for Tacotron
+    + MelGAN 10 + 6 frames) to yield audio at all; 24 gives ~90 ms of first audio quickly. Larger
+    later blocks cost less per step (fewer calls, less vocoder overlap at window edges)."""
+
+    first: int = 24
+    rest: int = 64
+    second: int = 32
+
+    def size(self, block: int) -> int:
+        """Steps of the chunk's ``block``-th block (0 = first)."""
+        if block == 0:
+            return self.first
+        return min(self.rest, max(self.second, self.first) << min(block - 1, 20))
+
+    def sizes(self) -> Iterator[int]:
+        block = 0
+        while True:
+            yield self.size(block)
+            block += 1
+
+
+@dataclass
+class SchedulerConfig:
+    blocks: BlockSchedule = field(default_factory=BlockSchedule)
+    max_batch: int = 64  # rows in one decoder call
+    vocode_frames: int = 128  # frames of audio vocoded per tick, over all requests
+    max_lead_frames: int = 192  # decoded but not yet vocoded frames a row may run ahead
+    max_buffered_s: float = 5.0  # pause a request whose consumer holds this much unplayed audio
+    first_delay: int = 17  # decoder frames before a chunk's first audio frame is exact
+    sample_rate: int = 22050
+    hop_length: int = 256
+    # A real-time listener who ran out of audio while no text came has already heard the silence
+    # owed after the last chunk, so it is dropped; a consumer of samples (the library) wants it.
+    drop_late_pauses: bool = True
+
+
+@dataclass
+class Begin:
+    request: int  # request id
+    text: str  # the chunk's text
+    voice: str
+    seed: int
+    speed: float
+    index: int  # chunk number within the request
+
+
+@dataclass
+class Plan:
+    steps: int = 0  # decoder steps of this tick's block
+    begin: list[Begin] = field(default_factory=list)  # chunks to start (then decode with the rest)
+    decode: list[int] = field(default_factory=list)  # request ids decoding a block now
+    vocode: list[tuple[int, int]] = field(default_factory=list)  # (request id, at most this many frames)
+    free: list[int] = field(default_factory=list)  # request ids whose runner state must go
+
+    def __bool__(self) -> bool:
+        return bool(self.begin or self.decode or self.vocode or self.free)
+
+
+@dataclass
+class RowResult:
+    """What the runner did for one request in a tick."""
+
+    audio: list = field(default_factory=list)  # float32 arrays, in order
+    frames: int = 0  # frames of audio in `audio`
+    ready: int = 0  # frames of audio that can be made exact now (not yet vocoded)
+    acoustic_done: bool = False
+    segment: object = None  # SpokenSegment once the chunk's last audio is out
+    skipped: bool = False  # nothing speakable in the chunk
+    failed: Optional[tuple[str, str]] = None  # (code, message)
+    compute_s: float = 0.0
+
+
+@dataclass
+class RunnerOutput:
+    rows: dict[int, RowResult] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of the tick
+
+
+class Scheduler:
+    def __init__(self, config: Optional[SchedulerConfig] = None):
+        self.config = config or SchedulerConfig()
+        self.requests: dict[int, Request] = {}  # engine thread only
+        self._new: deque[Request] = deque()
+        self._free: list[int] = []
+        self._cond = threading.Condition()
+        self._dirty = False
+        self.last_plan_rows = 0  # rows in the last decoder call (for metrics)
+
+    # ---- any thread ---------------------------------------------------------------------------
+    def add_request(self, req: Request) -> None:
+        self._new.append(req)
+        self.wake()
+
+    def command(self, req: Request, kind: str, *args) -> None:
+        req.inbox.append((kind, *args))
+        self.wake()
+
+    def flow(self, req: Request) -> None:
+        """The consumer took audio: resume the request if it was paused for it."""
+        if req.status is Status.PAUSED and req.backlog_s < self.config.max_buffered_s:
+            self.wake()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._dirty = True
+            self._cond.notify()
+
+    @property
+    def size(self) -> int:
+        return len(self.requests) + len(self._new)
+
+    # ---- engine thread ------------------------------------------------------------------------
+    def schedule(self, timeout: Optional[float] = 0.0) -> Optional[Plan]:
+        """The plan of the next tick; waits up to ``timeout`` s (None: forever) for one."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            plan = self._plan()
+            if plan:
+                return plan
+            with self._cond:
+                if not self._dirty:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return None
+                    self._cond.wait(left)
+                self._dirty = False
+
+    def _plan(self) -> Plan:
+        while self._new:
+            req = self._new.popleft()
+            self.requests[req.id] = req
+        for req in list(self.requests.values()):
+            self._drain(req)
+        plan = Plan(free=self._free)
+        self._free = []
+        cfg = self.config
+        live = []
+        for req in list(self.requests.values()):
+            if not req.has_work:
+                req.status = Status.IDLE
+                continue
+            if req.current is None and not req.chunks:  # ending, all spoken
+                self._finish(req)
+                continue
+            if req.backlog_s >= cfg.max_buffered_s:
+                req.status = Status.PAUSED
+                continue
+            req.status = Status.RUNNING
+            live.append(req)
+        live.sort(key=lambda r: r.deadline)
+        decoding: list[Request] = []
+        for req in live:
+            cur = req.current
+            if cur is None:
+                chunk = req.chunks.popleft()
+                req.chunk_count += 1
+                cur = req.current = ChunkProgress(chunk, req.chunk_count - 1)
+            if cur.acoustic_done or cur.ready >= cfg.max_lead_frames or len(decoding) >= cfg.max_batch:
+                continue
+            decoding.append(req)
+        if decoding:
+            plan.steps = min(cfg.blocks.size(r.current.blocks) for r in decoding)
+        for req in decoding:
+            cur = req.current
+            if not cur.begun:
+                cur.begun = True
+                plan.begin.append(Begin(req.id, cur.chunk.text, req.voice, req.seed, req.speed, cur.index))
+            plan.decode.append(req.id)
+        budget = cfg.vocode_frames
+        for req in live:
+            if budget <= 0:
+                break
+            cur = req.current
+            expect = cur.ready
+            if req.id in plan.decode:
+                expect += plan.steps if cur.blocks else max(0, plan.steps - cfg.first_delay)
+            if cur.acoustic_done or expect > 0:
+                n = min(budget, max(expect, 1))
+                plan.vocode.append((req.id, n))
+                budget -= n
+        self.last_plan_rows = len(plan.decode)
+        return plan
+
+    def _drain(self, req: Request) -> None:
+        had_work = req.has_work
+        while req.inbox:
+            kind, *args = req.inbox.popleft()
+            if kind == CLOSE:
+                self._remove(req, Status.FINISHED)
+                return
+            if kind == CANCEL:
+                self._drop_current(req)
+                req.chunks.clear()
+                req.chunker.reset()
+                req.pause = 0
+                req.generation = args[0]
+                req.t_ref, req.produced_s = time.monotonic(), 0.0
+            elif args[0] != req.generation:
+                continue  # sent before a cancel that has already been applied
+            elif kind == TEXT:
+                req.chunks.extend(req.chunker.push(args[1]))
+            elif kind in (FLUSH, END):
+                req.chunks.extend(req.chunker.flush())
+                req.ending = req.ending or kind == END
+        if req.has_work and not had_work:
+            now = time.monotonic()
+            if req.deadline < now:  # its listener has run out of audio: due now
+                req.t_ref, req.produced_s = now, 0.0
+                if self.config.drop_late_pauses:
+                    req.pause = 0
+
+    def update(self, plan: Plan, output: RunnerOutput) -> None:
+        """Route a tick's results to the requests' sinks."""
+        sr = self.config.sample_rate
+        begun = {b.request for b in plan.begin}
+        for rid, res in output.rows.items():
+            req = self.requests.get(rid)
+            if req is None or req.current is None:
+                continue  # closed or cancelled while the tick ran: its results are dropped
+            cur = req.current
+            if res.failed is not None:
+                self._fail(req, *res.failed)
+                continue
+            if rid in begun and req.pause and (res.audio or res.segment is not None):
+                self._post_audio(req, PauseOut(req.generation, req.pause), req.pause)
+                req.pause = 0
+            if rid in plan.decode:
+                cur.blocks += 1
+            cur.ready, cur.acoustic_done = res.ready, res.acoustic_done
+            share = res.compute_s / max(1, len(res.audio))
+            for audio in res.audio:
+                self._post_audio(req, AudioOut(req.generation, audio, share), len(audio))
+            cur.audio_frames += res.frames
+            if res.skipped:
+                req.current = None
+            elif res.segment is not None:
+                self._post(req, SegmentOut(req.generation, res.segment, 0.0))
+                req.current = None
+                req.pause = int(sr * cur.chunk.pause_ms / 1000 / req.speed)
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def _post_audio(self, req: Request, out, samples: int) -> None:
+        seconds = samples / self.config.sample_rate
+        req.produced_s += seconds
+        req.posted(seconds)
+        self._post(req, out)
+
+    def _post(self, req: Request, out) -> None:
+        try:
+            req.sink(out)
+        except Exception:  # the consumer is gone (its loop closed): drop the request
+            log.debug("sink of request %s failed", req.id, exc_info=True)
+            self._remove(req, Status.FINISHED)
+
+    def _finish(self, req: Request) -> None:
+        self._remove(req, Status.FINISHED)
+        self._post(req, FinishedOut(req.generation))
+
+    def _fail(self, req: Request, code: str, message: str) -> None:
+        self._remove(req, Status.FAILED)
+        self._post(req, FailedOut(req.generation, code, message))
+
+    def _drop_current(self, req: Request) -> None:
+        if req.current is not None:
+            if req.current.begun:
+                self._free.append(req.id)
+            req.current = None
+
+    def _remove(self, req: Request, status: Status) -> None:
+        self._drop_current(req)
+        req.chunks.clear()
+        req.ending = False
+        req.status = status
+        self.requests.pop(req.id, None)
