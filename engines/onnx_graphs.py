@@ -1,12 +1,14 @@
-"""Rewrites of exported ONNX graphs: the decoder's block Loop, and dynamic INT8 quantization.
+"""Rewrites of exported ONNX graphs: the decoder's block Loop, and INT8 of the decoder's LSTMs.
 
 How to call::
 
     block = build_decoder_block(onnx.load("decoder_step.onnx"))      # fp32 or quantized step
-    quantize_decoder_step("fp32/decoder_step.onnx", "int8/decoder_step.onnx")
+    quantize_decoder_step("fp32/decoder_step.onnx", "int8/decoder_step.onnx")          # per row
+    quantize_decoder_step(src, dst, activations="tensor")   # ORT's quantize_dynamic (couples rows)
 
-Choosing what to quantize in the decoder step (one thread, ms/step of the single-step graph, and
-the frame error of one step vs fp32 from fp32's own states over a 290-step utterance, max/mean):
+What to quantize in the decoder step (one thread, ms/step of the single-step graph at batch 1,
+and the frame error of one step vs fp32 from fp32's own states over a 290-step utterance, max/mean;
+measured with per-tensor activations):
 
     fp32                                          1.2-1.5 ms
     LSTM matrices, per-channel (this recipe)      0.40 ms   0.43 / 0.14
@@ -16,11 +18,20 @@ the frame error of one step vs fp32 from fp32's own states over a 290-step utter
     MatMulNBits 8-bit, blocks of 32, int8 math    0.88 ms   0.20 / 0.07   (no VNNI on this CPU)
     MatMulNBits 4-bit, blocks of 32               0.44 ms   1.55 / 0.72
 
-The LSTM matrices are 97 % of the step's weights and give the whole speed-up. Splitting the LSTM
-inputs by source (prenet, text context, speaker part of the context) so each gets its own
-activation scale did not lower the error. The error matters less than it looks: it is a third to
-a half of what changing the prenet dropout seed does, and Whisper's syllable error on the test
-sentences is unchanged within a syllable (tests/test_engines.py, engines/registry.py).
+The LSTM matrices are 97 % of the step's weights and give the whole speed-up.
+
+Activations per *row*, not per tensor. ORT's dynamic quantization (DynamicQuantizeLinear) gives a
+whole (B, K) activation one scale, so with B rows in a batch a row's numbers depend on its
+neighbours' ranges (see tests/test_engines.py for the measured coupling). :func:`per_row_matmul`
+quantizes each row with its own asymmetric uint8 scale and zero point, computed with plain ops,
+multiplies with ``MatMulInteger`` (uint8 x int8, zero points 0) and corrects for the zero point
+with the weights' precomputed column sums::
+
+    s_r = (max_r - min_r) / 255,   m_r = round(min_r / s_r)      # per row, (B, 1)
+    q   = clip(round(x / s_r) - m_r, 0, 255)  uint8               # x ~ s_r * (q + m_r)
+    x @ W ~ s_r * w_scale * (q @ Wq + m_r * colsum(Wq))           # Wq int8, symmetric per channel
+
+Every op is row-wise and the integer product is exact, so a row's output is the same in any batch.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ STATE_NAMES = ("attention_hidden", "attention_cell", "decoder_hidden", "decoder_
                "attention_weights", "attention_weights_cum", "attention_context")
 # Weights of the decoder's two LSTM cells, as our exporter names them (module parameter names).
 _LSTM_WEIGHT = re.compile(r"(^|\.)(attention_rnn|decoder_rnn)\.weight_(ih|hh)$")
+ACTIVATIONS = ("row", "tensor")
 
 
 def _renamed(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
@@ -46,50 +58,75 @@ def _renamed(value: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
     return out
 
 
-def build_decoder_block(step: onnx.ModelProto) -> onnx.ModelProto:
-    """Wrap a decoder step graph (fp32 or quantized) in an ONNX Loop over a block of steps.
+def _const(name: str, value, dtype) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value, dtype), name))
 
-    Inputs:  block_masks (n, 2, 1, 128), memory (1, T, 288), keys (1, T, 64), gate_threshold ()
-             float32, init_prev_frame (1, 80), init_<state> (the 7 state tensors, as the step's)
-    Outputs: last_frame (1, 80), last_<state> (after the last step run), frames (k, 1, 80),
-             gate_logits (k, 1), alignments (k, 1, T)
-    The loop runs k = n steps, or stops after the first step whose sigmoid(gate) > gate_threshold;
-    that stop step is the last of the k outputs and is included in the last_* state, as in
-    TorchEngine.decode. One Run per block saves ONNX Runtime's and Python's per-call overhead."""
+
+def build_decoder_block(step: onnx.ModelProto) -> onnx.ModelProto:
+    """Wrap a batched decoder step graph (fp32 or quantized) in an ONNX Loop over a block of steps.
+
+    Inputs:  block_masks (n, 2, B, 128), memory (B, T, 288), keys (B, T, 64), pad (B, T) bool,
+             limit (B,) int64, threshold (B,) float32, init_prev_frame (B, 80),
+             init_<state> (the 7 state tensors, as the step's)
+    Outputs: last_frame (B, 80), last_<state> (after the last step run), frames (k, B, 80),
+             gates (k, B) sigmoid(gate), alignments (k, B, T)
+
+    Per-row stop: a carried ``done`` (B,) bool; after step i (0-based) a row is done when it was,
+    or sigmoid(gate) > threshold, or i + 1 >= limit. The loop ends after the step where every row
+    is done (or after n steps); rows that are done keep stepping until then (their extra outputs
+    are ignored by the caller). One Run per block saves ONNX Runtime's and Python's per-call overhead."""
     g = step.graph
     ins = {v.name: v for v in g.input}
     outs = {v.name: v for v in g.output}
-    body_nodes = [helper.make_node("Gather", ["block_masks", "iter"], ["masks"], axis=0)]
+    body_nodes = [helper.make_node("Gather", ["block_masks", "blk_iter"], ["masks"], axis=0)]
     body_nodes += list(g.node)
     body_nodes += [
-        helper.make_node("Sigmoid", ["gate_logit"], ["gate_prob"]),
-        helper.make_node("ReduceMax", ["gate_prob"], ["gate_max"], keepdims=0),
-        helper.make_node("Greater", ["gate_max", "gate_threshold"], ["gate_fired"]),
-        helper.make_node("Not", ["gate_fired"], ["cond_out"]),
-        helper.make_node("Identity", ["frame"], ["frame_carry"]),  # carried and scanned: two names
+        helper.make_node("Sigmoid", ["gate_logit"], ["blk_gate"]),
+        helper.make_node("Greater", ["blk_gate", "threshold"], ["blk_fired"]),
+        _const("blk_one", 1, np.int64),
+        helper.make_node("Add", ["blk_iter", "blk_one"], ["blk_next"]),
+        helper.make_node("GreaterOrEqual", ["blk_next", "limit"], ["blk_over"]),
+        helper.make_node("Or", ["blk_fired", "blk_over"], ["blk_stop"]),
+        helper.make_node("Or", ["blk_done_in", "blk_stop"], ["blk_done_out"]),
+        helper.make_node("Not", ["blk_done_out"], ["blk_live"]),
+        helper.make_node("Cast", ["blk_live"], ["blk_live_i"], to=TensorProto.INT32),
+        helper.make_node("ReduceMax", ["blk_live_i"], ["blk_any_i"], keepdims=0),
+        helper.make_node("Cast", ["blk_any_i"], ["blk_cond_out"], to=TensorProto.BOOL),
+        helper.make_node("Identity", ["frame"], ["blk_frame_carry"]),  # carried and scanned: two names
     ]
+    bool_b = helper.make_tensor_value_info
     body = helper.make_graph(
         body_nodes, "decoder_step_body",
-        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), ins["prev_frame"]]
+        [helper.make_tensor_value_info("blk_iter", TensorProto.INT64, []),
+         helper.make_tensor_value_info("blk_cond_in", TensorProto.BOOL, []),
+         bool_b("blk_done_in", TensorProto.BOOL, ["B"]), ins["prev_frame"]]
         + [ins[n] for n in STATE_NAMES],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), _renamed(outs["frame"], "frame_carry")]
-        + [outs["new_" + n] for n in STATE_NAMES] + [outs[n] for n in ("frame", "gate_logit", "alignment")])
-    carried = ["last_frame"] + ["last_" + n for n in STATE_NAMES]
-    scanned = ["frames", "gate_logits", "alignments"]
+        [helper.make_tensor_value_info("blk_cond_out", TensorProto.BOOL, []),
+         bool_b("blk_done_out", TensorProto.BOOL, ["B"]), _renamed(outs["frame"], "blk_frame_carry")]
+        + [outs["new_" + n] for n in STATE_NAMES]
+        + [outs["frame"], helper.make_tensor_value_info("blk_gate", TensorProto.FLOAT, ["B"]), outs["alignment"]])
+    carried = ["last_done", "last_frame"] + ["last_" + n for n in STATE_NAMES]
+    scanned = ["frames", "gates", "alignments"]
     nodes = [
         helper.make_node("Shape", ["block_masks"], ["n_shape"], start=0, end=1),
         helper.make_node("Squeeze", ["n_shape"], ["n"]),
-        helper.make_node("Constant", [], ["go"], value=helper.make_tensor("go", TensorProto.BOOL, [], [True])),
-        helper.make_node("Loop", ["n", "go", "init_prev_frame"] + ["init_" + n for n in STATE_NAMES],
+        _const("zero", 0, np.int64),
+        helper.make_node("LessOrEqual", ["limit", "zero"], ["init_done"]),
+        helper.make_node("Not", ["init_done"], ["init_live"]),
+        helper.make_node("Cast", ["init_live"], ["init_live_i"], to=TensorProto.INT32),
+        helper.make_node("ReduceMax", ["init_live_i"], ["init_any_i"], keepdims=0),
+        helper.make_node("Cast", ["init_any_i"], ["go"], to=TensorProto.BOOL),
+        helper.make_node("Loop", ["n", "go", "init_done", "init_prev_frame"] + ["init_" + n for n in STATE_NAMES],
                          carried + scanned, body=body),
     ]
-    mask_dims = [d.dim_value for d in ins["masks"].type.tensor_type.shape.dim]
-    step_shapes = {"frames": ["k", 1, 80], "gate_logits": ["k", 1], "alignments": ["k", 1, "T"]}
+    mask_dims = [d.dim_param or d.dim_value for d in ins["masks"].type.tensor_type.shape.dim]
+    step_shapes = {"frames": ["k", "B", 80], "gates": ["k", "B"], "alignments": ["k", "B", "T"]}
     graph = helper.make_graph(
         nodes, "decoder_block",
         [helper.make_tensor_value_info("block_masks", TensorProto.FLOAT, ["n"] + mask_dims),
-         ins["memory"], ins["keys"], helper.make_tensor_value_info("gate_threshold", TensorProto.FLOAT, []),
+         ins["memory"], ins["keys"], ins["pad"],
+         helper.make_tensor_value_info("limit", TensorProto.INT64, ["B"]),
+         helper.make_tensor_value_info("threshold", TensorProto.FLOAT, ["B"]),
          _renamed(ins["prev_frame"], "init_prev_frame")] + [_renamed(ins[n], "init_" + n) for n in STATE_NAMES],
         [_renamed(outs["frame"], "last_frame")] + [_renamed(outs["new_" + n], "last_" + n) for n in STATE_NAMES]
         + [helper.make_tensor_value_info(n, TensorProto.FLOAT, step_shapes[n]) for n in scanned],
@@ -123,30 +160,102 @@ def gemms_to_matmuls(model: onnx.ModelProto) -> dict[str, str]:
         names[weight] = mm
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    _drop_unused_initializers(model)
+    return names
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {i for n in model.graph.node for i in n.input}
     kept = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    return names
 
 
-def quantize_decoder_step(src: Path, dst: Path) -> None:
-    """Dynamic INT8 of the decoder step's LSTM matrices (weights int8 per output channel,
-    activations uint8 per tensor, quantized on each call); everything else stays float."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w (K, N) float -> (int8 (K, N), scale (N,)): symmetric per output channel, [-127, 127]."""
+    absmax = np.abs(w).max(axis=0)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
 
-    model = onnx.load(str(src))
+
+def per_row_matmul(x: str, w: np.ndarray, out: str, prefix: str) -> tuple[list, list]:
+    """Nodes and initializers computing ``out = x @ w`` (x (B, K) float, w (K, N) constant) with
+    per-row uint8 activations and per-channel int8 weights (see the module docstring)."""
+    wq, w_scale = quantize_weight(w)
+    colsum = wq.astype(np.int64).sum(axis=0).astype(np.float32)  # |sum| <= 127 K: exact in float32
+    p = prefix
+    inits = [numpy_helper.from_array(wq, f"{p}:wq"), numpy_helper.from_array(w_scale, f"{p}:w_scale"),
+             numpy_helper.from_array(colsum, f"{p}:colsum"),
+             numpy_helper.from_array(np.asarray(1e-8, np.float32), f"{p}:eps"),
+             numpy_helper.from_array(np.asarray(255.0, np.float32), f"{p}:levels"),
+             numpy_helper.from_array(np.asarray(0.0, np.float32), f"{p}:q_lo"),
+             numpy_helper.from_array(np.asarray(255.0, np.float32), f"{p}:q_hi")]
+    n = helper.make_node
+    nodes = [
+        n("ReduceMin", [x], [f"{p}:min"], axes=[-1], keepdims=1),
+        n("ReduceMax", [x], [f"{p}:max"], axes=[-1], keepdims=1),
+        n("Sub", [f"{p}:max", f"{p}:min"], [f"{p}:range"]),
+        n("Max", [f"{p}:range", f"{p}:eps"], [f"{p}:range_pos"]),  # a constant row: no 0/0
+        n("Div", [f"{p}:range_pos", f"{p}:levels"], [f"{p}:scale"]),  # s_r (B, 1)
+        n("Div", [x, f"{p}:scale"], [f"{p}:xs"]),
+        n("Div", [f"{p}:min", f"{p}:scale"], [f"{p}:mins"]),
+        n("Round", [f"{p}:xs"], [f"{p}:xr"]),
+        n("Round", [f"{p}:mins"], [f"{p}:m"]),  # m_r = -zero point
+        n("Sub", [f"{p}:xr", f"{p}:m"], [f"{p}:qf"]),
+        n("Clip", [f"{p}:qf", f"{p}:q_lo", f"{p}:q_hi"], [f"{p}:qc"]),
+        n("Cast", [f"{p}:qc"], [f"{p}:q"], to=TensorProto.UINT8),
+        n("MatMulInteger", [f"{p}:q", f"{p}:wq"], [f"{p}:acc"]),
+        n("Cast", [f"{p}:acc"], [f"{p}:accf"], to=TensorProto.FLOAT),
+        n("Mul", [f"{p}:m", f"{p}:colsum"], [f"{p}:corr"]),
+        n("Add", [f"{p}:accf", f"{p}:corr"], [f"{p}:sum"]),
+        n("Mul", [f"{p}:sum", f"{p}:scale"], [f"{p}:sum_s"]),
+        n("Mul", [f"{p}:sum_s", f"{p}:w_scale"], [out]),
+    ]
+    return nodes, inits
+
+
+def _lstm_matmuls(model: onnx.ModelProto, src) -> dict[str, str]:
     matmuls = gemms_to_matmuls(model)
-    lstm = [node for weight, node in matmuls.items() if _LSTM_WEIGHT.search(weight)]
+    lstm = {w: node for w, node in matmuls.items() if _LSTM_WEIGHT.search(w)}
     if len(lstm) != 4:  # a bug (the exporter renamed the weights), not a user error
         raise RuntimeError(f"expected the 4 LSTM matrices in {src}, found {sorted(matmuls)}")
+    return lstm
+
+
+def quantize_decoder_step(src: Path, dst: Path, activations: str = "row") -> None:
+    """INT8 of the decoder step's LSTM matrices (weights int8 per output channel; activations
+    uint8 quantized on each call, per row by default, or per tensor with ORT's quantize_dynamic,
+    which couples a batch's rows). Everything else stays float."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
+    model = onnx.load(str(src))
+    lstm = _lstm_matmuls(model, src)
+    if activations == "row":
+        inits = {i.name: i for i in model.graph.initializer}
+        nodes = []
+        for node in model.graph.node:
+            weight = next((w for w, name in lstm.items() if name == node.name), None)
+            if weight is None:
+                nodes.append(node)
+                continue
+            w = numpy_helper.to_array(inits[node.input[1]])  # (K, N), the transposed weight
+            new_nodes, new_inits = per_row_matmul(node.input[0], w, node.output[0], f"q8:{weight}")
+            nodes += new_nodes
+            model.graph.initializer.extend(new_inits)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        _drop_unused_initializers(model)
+        onnx.save(model, str(dst))
+        return
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     tmp = dst.with_name(dst.name + ".float.onnx")
     onnx.save(model, str(tmp))
     quiet = _QuietQuantizer()
     logging.getLogger().addFilter(quiet)
     try:
         quantize_dynamic(str(tmp), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_quantize=lstm, op_types_to_quantize=["MatMul"])
+                         nodes_to_quantize=list(lstm.values()), op_types_to_quantize=["MatMul"])
     finally:
         logging.getLogger().removeFilter(quiet)
         tmp.unlink(missing_ok=True)

@@ -1,53 +1,84 @@
-"""Engines by name.
+"""Backends by name: an acoustic model, a vocoder, or both as an engine.
 
 How to call::
 
-    engine = create_engine("auto")            # or "torch", "onnx", "onnx-int8"; pack optional
-    ENGINE_NAMES                              # the accepted names
+    engine   = create_engine("auto")                       # engines.base.Engine; pack optional
+    engine   = create_engine("onnx-int8", vocoder="hifigan")
+    acoustic = create_acoustic("torch")                    # "torch", "onnx", "onnx-int8", "auto"
+    vocoder  = create_vocoder("melgan", backend="onnx")    # "melgan", "hifigan", "auto"; backend
+                                                           # "torch", "onnx", "auto"
+    ENGINE_NAMES, VOCODER_NAMES, VOCODER_BACKENDS          # the accepted names
 
-``auto`` picks the fastest engine that can be built here, by measurement on the 2-core CPU
-(``python -m engines.onnx_bench``, medians of two runs: decoder ms/step torch 2.4-2.7, onnx
-1.15-1.19, onnx-int8 0.26-0.33; ChunkStream RTF 0.36-0.43 / 0.19-0.24 / 0.12-0.17; first audio
-101-133 / 48-64 / 24-37 ms) at the same intelligibility (Whisper base syllable error on the 16
-test sentences x 2 seeds: torch 1.36 %, onnx 0.91 %, onnx-int8 1.14 %; one syllable is 0.23 %):
+Acoustic ``auto`` picks the fastest backend that can be built here, by measurement on the 2-core
+CPU (decoder ms/step at batch 1: torch 2.4-2.7, onnx 0.5-1.2, onnx-int8 0.24-0.33) at the same
+intelligibility (Whisper base syllable error on the 16 test sentences x 2 seeds: torch 1.36 %,
+onnx 0.91 %, onnx-int8 1.14 %; one syllable is 0.23 %):
 
-* onnx-int8 on CPU; its dynamic INT8 kernels are CPU kernels, so with a CUDA/TensorRT provider
-  available ``auto`` takes onnx (fp32) instead;
+* onnx-int8 on CPU; its INT8 kernels are CPU kernels, so with a CUDA/TensorRT provider available
+  ``auto`` takes onnx (fp32) instead;
 * onnx when the INT8 graphs cannot be built (e.g. the quantizer fails);
 * torch when onnxruntime is missing or the export fails.
 A fallback is logged as a warning with the reason.
+
+Vocoder ``auto`` is MelGAN for now (the pack's own vocoder). Backend ``auto`` is onnx when
+onnxruntime is available (falling back to torch, logged, if the export fails), else torch.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
-from engines.base import Engine
+from engines.base import AcousticModel, Engine, Vocoder
 from streamtts.errors import StreamTTSError
 from streamtts.pack import VoicePack, ensure_pack
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "torch", "onnx", "onnx-int8")
+ENGINE_NAMES = ("auto", "torch", "onnx", "onnx-int8")  # acoustic backends
+VOCODER_NAMES = ("auto", "melgan", "hifigan")
+VOCODER_BACKENDS = ("auto", "torch", "onnx")
 
 
 class UnknownEngineError(StreamTTSError, ValueError):
-    """An engine name that is not one of ENGINE_NAMES."""
+    """An engine (acoustic backend or vocoder backend) name that is not one of the accepted ones."""
 
     code = "unknown_engine"
 
 
-def _torch(pack: VoicePack) -> Engine:
-    from engines.torch_engine import TorchEngine
+class UnknownVocoderError(StreamTTSError, ValueError):
+    """A vocoder name that is not one of VOCODER_NAMES."""
 
-    return TorchEngine(pack)
+    code = "unknown_vocoder"
 
 
-def _onnx(pack: VoicePack, variant: str) -> Engine:
-    from engines.onnx_engine import OnnxEngine
+class VocoderUnavailableError(StreamTTSError, RuntimeError):
+    """A known vocoder whose code is not installed in this checkout."""
 
-    return OnnxEngine(pack, variant=variant)
+    code = "vocoder_unavailable"
+
+
+def _key(name: str, choices: tuple[str, ...], error: type[StreamTTSError], what: str) -> str:
+    key = str(name).strip().lower()
+    if key not in choices:
+        raise error(f"unknown {what} {name!r}; the {what}s are: {', '.join(choices)}")
+    return key
+
+
+# ---- acoustic ----------------------------------------------------------------------------------
+
+def _torch(pack: VoicePack) -> AcousticModel:
+    from engines.torch_backend import TorchTacotron
+
+    return TorchTacotron(pack)
+
+
+def _onnx(pack: VoicePack, variant: str) -> AcousticModel:
+    from engines.onnx_backend import OnnxTacotron
+
+    return OnnxTacotron(pack, variant=variant)
 
 
 def _gpu_provider() -> bool:
@@ -57,28 +88,26 @@ def _gpu_provider() -> bool:
     return bool(gpu & set(onnxruntime.get_available_providers()))
 
 
-def _auto(pack: VoicePack) -> Engine:
+def _auto(pack: VoicePack) -> AcousticModel:
     try:
         variants = ["fp32"] if _gpu_provider() else ["int8", "fp32"]
     except ImportError as exc:
-        log.warning("onnxruntime is not available (%s); using the torch engine", exc)
+        log.warning("onnxruntime is not available (%s); using the torch backend", exc)
         return _torch(pack)
     for variant in variants:
         try:
             return _onnx(pack, variant)
         except StreamTTSError:
-            raise  # the user's environment (e.g. the voice pack), not the engine
+            raise  # the user's environment (e.g. the voice pack), not the backend
         except Exception as exc:  # noqa: BLE001 - any export/quantization/ORT failure falls back
-            log.warning("ONNX engine (%s) unavailable: %s: %s", variant, type(exc).__name__, exc)
-    log.warning("using the torch engine")
+            log.warning("ONNX backend (%s) unavailable: %s: %s", variant, type(exc).__name__, exc)
+    log.warning("using the torch backend")
     return _torch(pack)
 
 
-def create_engine(name: str, pack: Optional[VoicePack] = None) -> Engine:
-    """A new engine by name (case-insensitive): one of ENGINE_NAMES."""
-    key = str(name).strip().lower()
-    if key not in ENGINE_NAMES:
-        raise UnknownEngineError(f"unknown engine {name!r}; the engines are: {', '.join(ENGINE_NAMES)}")
+def create_acoustic(name: str = "auto", pack: Optional[VoicePack] = None) -> AcousticModel:
+    """A new acoustic model by backend name (case-insensitive): one of ENGINE_NAMES."""
+    key = _key(name, ENGINE_NAMES, UnknownEngineError, "engine")
     pack = pack or ensure_pack()
     if key == "torch":
         return _torch(pack)
@@ -87,3 +116,118 @@ def create_engine(name: str, pack: Optional[VoicePack] = None) -> Engine:
     if key == "onnx-int8":
         return _onnx(pack, "int8")
     return _auto(pack)
+
+
+# ---- vocoder -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VocoderSource:
+    """Where a vocoder's weights come from: ``kind`` names it (and its ONNX graph folder),
+    ``sha256`` (of the weights file) keys the exported graphs, ``load()`` returns the torch module
+    (CPU, eval) with our window convention (engines/torch_backend.py), and ONNX graphs are cached
+    under ``cache_root/onnx/<kind>/``."""
+
+    kind: str
+    sha256: str
+    load: Callable[[], Any] = field(compare=False)
+    cache_root: Path
+
+
+def _melgan_source(pack: Optional[VoicePack]) -> VocoderSource:
+    pack = pack or ensure_pack()
+    return VocoderSource("melgan", pack.manifest["vocoder"]["sha256"], pack.load_vocoder, Path(pack.path))
+
+
+def _hifigan_source(pack: Optional[VoicePack]) -> VocoderSource:
+    """HiFiGAN has its own pack (not the voice pack's): streamtts/pack/hifigan.py."""
+    _check_vocoder("hifigan")
+    from streamtts.pack.hifigan import ensure_hifigan
+
+    hifigan = ensure_hifigan()
+    return VocoderSource("hifigan", hifigan.manifest["generator"]["sha256"], hifigan.load, Path(hifigan.path))
+
+
+# How each vocoder finds its weights, given the voice pack (or None for the default one).
+VOCODER_SOURCES: dict[str, Callable[[Optional[VoicePack]], VocoderSource]] = {
+    "melgan": _melgan_source,
+    "hifigan": _hifigan_source,
+}
+
+
+def vocoder_source(source: Union[VoicePack, VocoderSource, None], kind: str = "melgan") -> VocoderSource:
+    """A VocoderSource as is; else the ``kind`` vocoder for the voice pack ``source`` (or the default)."""
+    if isinstance(source, VocoderSource):
+        return source
+    key = _key(kind, tuple(VOCODER_SOURCES), UnknownVocoderError, "vocoder")
+    return VOCODER_SOURCES[key](source)
+
+
+def _hifigan_available() -> bool:
+    try:
+        import streamtts.models.hifigan  # noqa: F401
+        import streamtts.pack.hifigan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_vocoder(kind: str) -> None:
+    if kind == "hifigan" and not _hifigan_available():
+        raise VocoderUnavailableError("the HiFiGAN vocoder is not available yet in this version "
+                                      "(streamtts.models.hifigan / streamtts.pack.hifigan missing); use melgan")
+
+
+def _torch_vocoder(kind: str, pack: VoicePack) -> Vocoder:
+    from engines.torch_backend import TorchVocoder
+
+    return TorchVocoder(vocoder_source(pack, kind).load(), name=f"{kind}-torch")
+
+
+def _onnx_vocoder(kind: str, pack: VoicePack) -> Vocoder:
+    from engines.onnx_backend import OnnxVocoder
+
+    return OnnxVocoder(pack, kind=kind)
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def create_vocoder(name: str = "auto", backend: str = "auto", pack: Optional[VoicePack] = None) -> Vocoder:
+    """A new vocoder by name (one of VOCODER_NAMES) on a backend (one of VOCODER_BACKENDS)."""
+    kind = _key(name, VOCODER_NAMES, UnknownVocoderError, "vocoder")
+    backend_key = _key(backend, VOCODER_BACKENDS, UnknownEngineError, "vocoder backend")
+    kind = "melgan" if kind == "auto" else kind
+    _check_vocoder(kind)
+    pack = pack or ensure_pack()
+    if backend_key == "torch":
+        return _torch_vocoder(kind, pack)
+    if backend_key == "onnx":
+        return _onnx_vocoder(kind, pack)
+    if not _onnxruntime_available():
+        log.warning("onnxruntime is not available; using the torch %s vocoder", kind)
+        return _torch_vocoder(kind, pack)
+    try:
+        return _onnx_vocoder(kind, pack)
+    except StreamTTSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any export/ORT failure falls back
+        log.warning("ONNX %s vocoder unavailable: %s: %s; using torch", kind, type(exc).__name__, exc)
+        return _torch_vocoder(kind, pack)
+
+
+# ---- both --------------------------------------------------------------------------------------
+
+def create_engine(name: str = "auto", vocoder: str = "auto", pack: Optional[VoicePack] = None) -> Engine:
+    """A new engine: the acoustic backend ``name`` (ENGINE_NAMES) and the ``vocoder``
+    (VOCODER_NAMES, on the ``auto`` vocoder backend). Names are checked before anything loads."""
+    if isinstance(vocoder, VoicePack):  # the old create_engine(name, pack) call
+        vocoder, pack = "auto", vocoder
+    _key(name, ENGINE_NAMES, UnknownEngineError, "engine")
+    _check_vocoder(_key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder"))
+    pack = pack or ensure_pack()
+    return Engine(create_acoustic(name, pack), create_vocoder(vocoder, "auto", pack))
