@@ -34,6 +34,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from streamtts.codec import FORMATS, NATIVE_RATE, SAMPLE_RATES, AudioEncoder, mulaw_decode, mulaw_encode
+from streamtts.core.outputs import SpokenSegment
 from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.errors import StreamTTSError
 from streamtts.voices import resolve_voice
@@ -47,7 +48,7 @@ __all__ = [
 
 
 # WebSocket close code for each fatal error (RFC 6455 section 7.4.1).
-CLOSE_CODES = {"too_many_sessions": 1013, "internal": 1011, "message_too_large": 1009,
+CLOSE_CODES = {"too_many_sessions": 1013, "server_busy": 1013, "engine_unavailable": 1011, "internal": 1011, "message_too_large": 1009,
                "bad_utf8": 1007, "idle_timeout": 1001, "unauthorized": 1008, "rate_limited": 1008}
 MAX_SEED = 2**31 - 1
 _DONE = object()  # outbox placeholder of the `done` message
@@ -114,15 +115,6 @@ class EndEvent:
 
 Event = Union[StartEvent, TextEvent, FlushEvent, CancelEvent, EndEvent]
 Outgoing = Union[dict, bytes]
-
-
-@dataclass
-class SpokenSegment:
-    """One spoken chunk, as the synthesis side reports it after the chunk's last audio."""
-
-    text: str  # the chunk as the client sent it
-    normalized: str  # what was spoken (the chars of `chars`)
-    chars: list[tuple[str, float, float]] = field(default_factory=list)  # (char, start_ms, end_ms) from the chunk's start
 
 
 class TokenBucket:
@@ -257,6 +249,11 @@ class Session:
             return []
         self._error("binary_not_allowed", "send JSON text frames; binary frames are not accepted")
         return []
+
+    def queued(self, position: int) -> None:
+        """The server is at capacity: this session waits, ``position`` sessions ahead (0: next)."""
+        if self.state is not State.CLOSED:
+            self._queue({"type": "queued", "position": int(position)})
 
     def fail(self, code: str, message: str) -> None:
         """End the session with a fatal error (server-detected: too many sessions, bug, ...)."""

@@ -35,9 +35,10 @@ _engine = None
 def shared_engine(pack):
     global _engine
     if _engine is None:
-        from engines.torch_engine import TorchEngine
+        from engines.base import Engine
+        from engines.torch_backend import TorchTacotron, TorchVocoder
 
-        _engine = TorchEngine(pack)
+        _engine = Engine(TorchTacotron(pack), TorchVocoder(pack.load_vocoder(), "melgan"))
     return _engine
 
 
@@ -142,7 +143,7 @@ def audio_bytes(items) -> int:
 
 @pytest.fixture(scope="module")
 def server(pack):
-    config = ServerConfig(port=0, static_dir=None, limits=Limits(rate=40, burst=60))
+    config = ServerConfig(port=0, static_dir=None, limits=Limits(rate=40, burst=60), capacity=8)
     with ServerThread(config, shared_engine(pack)) as srv:
         yield srv
 
@@ -150,7 +151,7 @@ def server(pack):
 def test_health_ready_voices(server):
     assert json.loads(server.get("/health")[1]) == {"status": "ok"}
     status, body = server.get("/ready")
-    assert status == 200 and json.loads(body) == {"status": "ready", "engine": "torch"}
+    assert status == 200 and json.loads(body) == {"status": "ready", "engine": "torch+melgan", "capacity": 8}
     voices = json.loads(server.get("/v1/voices")[1])
     assert {"name": "biaobei", "default": True} in voices["voices"] and len(voices["voices"]) == 24
     assert voices["aliases"]["alloy"] == "biaobei"
@@ -240,9 +241,9 @@ def test_disconnect_frees_the_work(server):
         jsend(ws, type="flush")
         ws.recv(timeout=30)
         assert isinstance(ws.recv(timeout=30), bytes)
-        assert sched.jobs == 1
+        assert sched.size == 1
     deadline = time.monotonic() + 5
-    while sched.jobs:
+    while sched.size:
         assert time.monotonic() < deadline, "the job outlived its socket"
         time.sleep(0.05)
 
@@ -299,7 +300,7 @@ def test_long_session_does_not_stall_a_short_one(server):
         jsend(b, type="text", text="插队。")
         jsend(b, type="end")
         b_items, b_code = collect(b)
-        assert server.state.scheduler.jobs == 1, "B was done while A still had work"
+        assert server.state.scheduler.size == 1, "B was done while A still had work"
         a_items, a_code = collect(a)
     assert b_code == 1000 and events(b_items, "done")[0]["ttfa_ms"] < 3000
     assert a_code == 1000 and events(a_items, "done")[0]["segments"] == 4
@@ -460,10 +461,10 @@ def test_http_client_that_goes_away_frees_the_work(server):
                  headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200 and len(response.read1(4096)) > 0
-    assert sched.jobs == 1
+    assert sched.size == 1
     conn.sock.shutdown(2)
     conn.close()
     deadline = time.monotonic() + 8
-    while sched.jobs:
+    while sched.size:
         assert time.monotonic() < deadline, "the request's work outlived its client"
         time.sleep(0.05)

@@ -173,11 +173,11 @@ def test_a_client_that_does_not_read_is_paused(server):
         deadline = since + 30
         while time.monotonic() - since < 1.5:  # until synthesis has stood still for 1.5 s
             assert time.monotonic() < deadline, "synthesis never paused"
-            job = job or next(iter(sched._jobs), None)
+            job = job or next(iter(sched.requests.values()), None)
             if job is not None and job.produced_s != produced:
                 produced, since = job.produced_s, time.monotonic()
             time.sleep(0.05)
-        assert job.blocked and produced < 8, "paused for the client, with most of the ~11 s text unsaid"
+        assert job.status.value == "paused" and produced < 8, "paused for the client, with most of the ~11 s text unsaid"
         assert job.backlog_s < 2 * server.config.max_buffered_s
         deadline = time.monotonic() + 30
         while job.produced_s == produced:  # reading resumes it

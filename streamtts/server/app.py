@@ -10,6 +10,7 @@ Routes: ``GET /v1/stream`` (WebSocket), ``POST /v1/audio/speech``, ``GET /v1/voi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Optional
@@ -17,12 +18,12 @@ from typing import Optional
 from aiohttp import WSCloseCode, web
 
 from engines.base import Engine
-from streamtts.pipeline import BlockSchedule
-from streamtts.server.cache import PhraseCache
+from streamtts.core.cache import PhraseCache
+from streamtts.core.scheduler import Scheduler
+from streamtts.server.admission import Admission
 from streamtts.server.config import ServerConfig
 from streamtts.server.limits import Guard
 from streamtts.server.metrics import Metrics
-from streamtts.server.scheduler import Scheduler
 from streamtts.server.speech_api import OPENAI_VOICES, speech_handler
 from streamtts.server.state import STATE, ServerState, openai_error
 from streamtts.server.worker import Worker
@@ -40,10 +41,11 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
     config = config or ServerConfig()
     metrics = Metrics()
     cache = PhraseCache(config.cache_bytes) if config.cache_bytes > 0 else None
-    scheduler = Scheduler(engine, cache, metrics, max_buffered_s=config.max_buffered_s,
-                          schedule=BlockSchedule(config.block_first, config.block_rest))
-    worker = Worker(scheduler, config.engine, config.prewarm, config.torch_threads)
-    state = ServerState(config, metrics, cache, scheduler, worker, Guard(config))
+    scheduler = Scheduler()
+    worker = Worker(scheduler, config, cache, metrics, engine)
+    # until the engine is loaded (and its capacity known) sessions wait in the queue
+    admission = Admission(config.capacity or 1, config.queue_size, config.queue_timeout_s)
+    state = ServerState(config, metrics, cache, scheduler, worker, Guard(config), admission)
 
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_cors])
     app[STATE] = state
@@ -69,7 +71,17 @@ def serve(config: ServerConfig, engine: Optional[Engine] = None) -> None:
 
 
 async def _start(app: web.Application) -> None:
-    app[STATE].worker.start()
+    state = app[STATE]
+    loop = asyncio.get_running_loop()
+    if not state.config.capacity:
+        state.admission.capacity = 0  # nobody is admitted before the capacity is measured
+
+    def ready() -> None:  # engine thread: capacity known, or loading failed (then let all see it)
+        capacity = state.worker.capacity if state.worker.failure is None else 1 << 20
+        loop.call_soon_threadsafe(state.admission.set_capacity, capacity)
+
+    state.worker.on_ready = ready
+    state.worker.start()
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -116,8 +128,7 @@ async def _health(request: web.Request) -> web.Response:
 async def _ready(request: web.Request) -> web.Response:
     worker = request.app[STATE].worker
     if worker.ready.is_set():
-        engine = worker.scheduler.engine
-        return web.json_response({"status": "ready", "engine": getattr(engine, "name", "?")})
+        return web.json_response({"status": "ready", "engine": worker.engine.name, "capacity": worker.capacity})
     if worker.failure is not None:
         return web.json_response({"status": "failed", "error": worker.failure}, status=503)
     return web.json_response({"status": "loading"}, status=503)

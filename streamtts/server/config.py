@@ -21,9 +21,18 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     engine: str = "auto"  # torch | onnx | onnx-int8 | auto (ignored when create_app gets an engine)
+    vocoder: str = "auto"  # melgan | hifigan | auto
     api_keys: tuple[str, ...] = ()  # empty: no authentication
     allowed_origins: tuple[str, ...] = ()  # empty: any Origin; else these plus the server's own
-    max_sessions: int = 16  # WebSocket sessions + HTTP speech requests at once
+    max_sessions: int = 64  # open WebSocket sessions (queued ones included) + HTTP speech requests
+    # Streams admitted at once (0: measured at start from the engine's speed). Beyond it a
+    # WebSocket session waits in a queue of `queue_size` (told its position) for up to
+    # `queue_timeout_s`, else is refused with `server_busy`; HTTP gets 503 with Retry-After.
+    capacity: int = 0
+    queue_size: int = 16
+    queue_timeout_s: float = 30.0
+    max_batch: int = 64  # rows in one batched decoder call
+    vocode_frames: int = 128  # frames of audio vocoded per engine tick (bounds a newcomer's wait)
     limits: Limits = field(default_factory=Limits)  # per-session message limits (protocol)
     max_frame_bytes: int = 4 * 1024 * 1024  # WebSocket frames beyond this close the socket (1009)
     request_rate: float = 10.0  # new sessions/requests per second per API key (or client IP) ...

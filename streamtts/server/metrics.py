@@ -21,9 +21,9 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.ttfa = Histogram("streamtts_ttfa_seconds", "Time from the first text of an utterance to its "
                               "first audio byte handed to the socket", ["api"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.rtf = Histogram("streamtts_rtf", "Synthesis compute time / audio duration, per synthesized chunk",
+        self.rtf = Histogram("streamtts_rtf", "Engine tick time / audio it produced, per tick with audio",
                              buckets=_RTF_BUCKETS, registry=r)
-        self.last_rtf = Gauge("streamtts_rtf_last", "RTF of the last synthesized chunk", registry=r)
+        self.last_rtf = Gauge("streamtts_rtf_last", "RTF of the last engine tick with audio", registry=r)
         self.active_sessions = Gauge("streamtts_active_sessions", "Open WebSocket sessions and HTTP speech "
                                      "requests", ["api"], registry=r)
         self.queue_depth = Gauge("streamtts_queue_depth", "Requests with synthesis work waiting for the worker",
@@ -36,6 +36,15 @@ class Metrics:
                                      "included)", registry=r)
         self.requests = Counter("streamtts_requests", "Sessions and HTTP speech requests started", ["api"],
                                 registry=r)
+        self.capacity = Gauge("streamtts_capacity", "Streams admitted at once (configured or measured)", registry=r)
+        self.admitted = Gauge("streamtts_admitted", "Streams holding a slot now", registry=r)
+        self.queued = Gauge("streamtts_queued", "WebSocket sessions waiting for a slot", registry=r)
+        self.refused = Counter("streamtts_refused", "Sessions and requests refused for capacity (server_busy)",
+                               ["api"], registry=r)
+        self.batch_rows = Histogram("streamtts_batch_rows", "Rows in one batched decoder call",
+                                    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128), registry=r)
+        self.tick_seconds = Histogram("streamtts_tick_seconds", "Wall time of one engine tick (decode + vocode)",
+                                      buckets=_LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("streamtts_ready", "1 once the engine is loaded and warm", registry=r)
 
     def render(self) -> tuple[bytes, str]:

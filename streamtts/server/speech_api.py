@@ -23,9 +23,10 @@ from aiohttp import web
 from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.errors import StreamTTSError
 from streamtts.protocol import AudioEncoder, ProtocolError, check_text
-from streamtts.server.scheduler import (CLOSE, END, NATIVE_RATE, TEXT, AudioOut, FinishedOut, Job, PauseOut,
-                                        SegmentOut)
-from streamtts.server.state import STATE, openai_error
+from streamtts.constants import NATIVE_RATE
+from streamtts.core.outputs import AudioOut, FinishedOut, PauseOut, SegmentOut
+from streamtts.core.request import CLOSE, END, TEXT, Request
+from streamtts.server.state import STATE, admission_metrics, engine_unavailable, openai_error
 from streamtts.voices import resolve_voice
 
 OUTPUT_RATE = 24000  # OpenAI's pcm and wav are 24 kHz 16-bit mono
@@ -109,18 +110,29 @@ async def speech_handler(request: web.Request) -> web.StreamResponse:
     except ProtocolError as exc:
         return openai_error(400, exc.code, exc.message, metrics)
     if state.worker.failure is not None:
-        return openai_error(503, "internal", f"the engine failed to load: {state.worker.failure}", metrics)
+        return openai_error(503, "engine_unavailable", engine_unavailable(state), metrics)
     with guard.session() as admitted:
         if not admitted:
             return openai_error(503, "too_many_sessions", f"the server is at its limit of "
                                 f"{state.config.max_sessions} sessions; try again later", metrics)
-        return await _stream(request, state, text, voice, fmt, speed)
+        admission = state.admission
+        if not admission.try_acquire():
+            metrics.refused.labels(api="http").inc()
+            return openai_error(503, "server_busy", f"the server is at its capacity of {admission.capacity} "
+                                "streams; try again shortly", metrics,
+                                headers={"Retry-After": str(admission.retry_after_s())})
+        admission_metrics(state)
+        try:
+            return await _stream(request, state, text, voice, fmt, speed)
+        finally:
+            admission.release()
+            admission_metrics(state)
 
 
 async def _stream(request, state, text: str, voice: str, fmt: str, speed: float) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     outputs: asyncio.Queue = asyncio.Queue()
-    job = Job(voice, DEFAULT_SEED, speed, sink=lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out),
+    job = Request(voice, DEFAULT_SEED, speed, sink=lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out),
               api="http")
     sched, metrics = state.scheduler, state.metrics
     t0 = time.monotonic()

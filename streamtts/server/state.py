@@ -7,11 +7,12 @@ from typing import Optional
 
 from aiohttp import web
 
-from streamtts.server.cache import PhraseCache
+from streamtts.core.cache import PhraseCache
+from streamtts.core.scheduler import Scheduler
+from streamtts.server.admission import Admission
 from streamtts.server.config import ServerConfig
 from streamtts.server.limits import Guard
 from streamtts.server.metrics import Metrics
-from streamtts.server.scheduler import Scheduler
 from streamtts.server.worker import Worker
 
 
@@ -23,10 +24,20 @@ class ServerState:
     scheduler: Scheduler
     worker: Worker
     guard: Guard
+    admission: Admission
     sockets: set = field(default_factory=set)  # open WebSockets, closed at shutdown
 
 
 STATE = web.AppKey("streamtts_state", ServerState)
+
+
+def engine_unavailable(state: ServerState) -> str:
+    return f"the engine failed to load: {state.worker.failure}"
+
+
+def admission_metrics(state: ServerState) -> None:
+    state.metrics.admitted.set(state.admission.admitted)
+    state.metrics.queued.set(state.admission.queued)
 
 
 def openai_error(status: int, code: str, message: str, metrics: Optional[Metrics] = None,

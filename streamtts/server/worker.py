@@ -1,8 +1,10 @@
-"""The worker thread: owns the engine, runs the scheduler. Inference never runs on the event loop.
+"""The engine thread: loads the engine, then runs the engine core's ticks. Inference never runs on
+the event loop.
 
-    worker = Worker(scheduler, engine_name="auto", prewarm=Path("phrases.txt"), torch_threads=1)
-    worker.start()            # loads the engine (unless the scheduler has one), warms up, prewarms
+    worker = Worker(scheduler, config, cache, metrics, engine=None)   # engine None: per config
+    worker.start()            # loads, warms up, prewarms the cache, measures capacity, serves
     worker.ready.is_set()     # True once it serves; worker.failure holds the error if loading failed
+    worker.capacity           # streams it can keep at real time (configured, or measured at start)
     worker.stop()             # ends the thread (joins it)
 """
 
@@ -10,31 +12,34 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from engines.base import Engine
-from streamtts.chunker import preload, split_text
+from streamtts.chunker import preload
 from streamtts.constants import DEFAULT_SEED
-from streamtts.errors import TextError
-from streamtts.server.scheduler import Scheduler
+from streamtts.core.cache import PhraseCache
+from streamtts.core.engine import SpeechEngine, scheduler_config_for
+from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut
+from streamtts.core.request import END, TEXT, Request
+from streamtts.core.scheduler import BlockSchedule, Plan, RunnerOutput, Scheduler
 from streamtts.text import warm_up
 from streamtts.voices import DEFAULT_VOICE
 
 log = logging.getLogger(__name__)
 
+# Capacity measured at start: streams whose summed compute fits this share of the engine thread,
+# leaving room for the event loop, the text frontend and bursts.
+CAPACITY_UTILIZATION = 0.8
+CALIBRATION_TEXT = "今天天气很好，我们一起去公园散步吧。欢迎使用流式语音合成。"
 
-def load_engine(name: str) -> Engine:
-    """An engine by name: engines.registry when present, else the torch engine (torch / auto)."""
-    try:
-        from engines.registry import create_engine
-    except ImportError:  # the registry is optional: the torch engine always works
-        if name not in ("torch", "auto"):
-            raise ValueError(f"engine {name!r} needs engines.registry; use torch") from None
-        from engines.torch_engine import TorchEngine
 
-        return TorchEngine()
-    return create_engine(name)
+def load_engine(name: str, vocoder: str = "auto") -> Engine:
+    from engines.registry import create_engine
+
+    return create_engine(name, vocoder=vocoder)
 
 
 def read_prewarm(path: Path) -> list[str]:
@@ -43,17 +48,45 @@ def read_prewarm(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def speak_through(core: SpeechEngine, text: str, voice: str = DEFAULT_VOICE, seed: int = DEFAULT_SEED,
+                  speed: float = 1.0) -> tuple[float, float]:
+    """Speak ``text`` through the core in this thread (warm-up, prewarm, calibration); the runner
+    caches its chunks. Returns (seconds of audio, seconds it took)."""
+    outs: deque = deque()
+    req = Request(voice, seed, speed, sink=outs.append, api="warmup")
+    core.scheduler.add_request(req)
+    core.scheduler.command(req, TEXT, 0, text)
+    core.scheduler.command(req, END, 0)
+    t0, samples = time.perf_counter(), 0
+    while True:
+        core.step()
+        while outs:
+            out = outs.popleft()
+            if isinstance(out, AudioOut):
+                samples += len(out.audio)
+                req.delivered(len(out.audio) / core.engine.sample_rate)
+            elif isinstance(out, FailedOut):
+                raise RuntimeError(f"warm-up synthesis failed: {out.message}")
+            elif isinstance(out, FinishedOut):
+                return samples / core.engine.sample_rate, time.perf_counter() - t0
+
+
 class Worker:
-    def __init__(self, scheduler: Scheduler, engine_name: str = "auto", prewarm: Optional[Path] = None,
-                 torch_threads: int = 0):
+    def __init__(self, scheduler: Scheduler, config, cache: Optional[PhraseCache] = None, metrics=None,
+                 engine: Optional[Engine] = None):
         self.scheduler = scheduler
-        self.engine_name = engine_name
-        self.prewarm = prewarm
-        self.torch_threads = torch_threads
+        self.config = config  # streamtts.server.config.ServerConfig
+        self.cache = cache
+        self.metrics = metrics
+        self.engine = engine
+        self.core: Optional[SpeechEngine] = None
+        self.capacity = config.capacity or 0
+        self._hits = self._misses = 0
+        self.on_ready: Optional[Callable[[], None]] = None  # called in this thread once it serves
         self.ready = threading.Event()
         self.failure: Optional[str] = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="streamtts-worker", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="streamtts-engine", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -70,36 +103,68 @@ class Worker:
         except Exception as exc:  # the server stays up and says so on /ready
             log.exception("engine failed to load")
             self.failure = f"{type(exc).__name__}: {exc}"
+            self.scheduler.wake()
+            if self.on_ready is not None:
+                self.on_ready()
             return
         self.ready.set()
-        if self.scheduler.metrics is not None:
-            self.scheduler.metrics.ready.set(1)
+        if self.metrics is not None:
+            self.metrics.ready.set(1)
+            self.metrics.capacity.set(self.capacity)
+        if self.on_ready is not None:
+            self.on_ready()
         while not self._stop.is_set():
-            job = self.scheduler.schedule(timeout=0.5)
-            if job is not None and not self._stop.is_set():
-                self.scheduler.step(job)
+            self.core.step(timeout=0.5)
 
     def _load(self) -> None:
-        sched = self.scheduler
-        if self.torch_threads > 0:
+        cfg = self.config
+        if cfg.torch_threads > 0:
             import torch
 
-            torch.set_num_threads(self.torch_threads)  # process-wide; the worker is torch's only user
-        if sched.engine is None:
-            sched.engine = load_engine(self.engine_name)
+            torch.set_num_threads(cfg.torch_threads)  # process-wide; this thread is torch's only user
+        if self.engine is None:
+            self.engine = load_engine(cfg.engine, cfg.vocoder)
+        sched_cfg = scheduler_config_for(
+            self.engine, blocks=BlockSchedule(cfg.block_first, cfg.block_rest), max_batch=cfg.max_batch,
+            vocode_frames=cfg.vocode_frames, max_buffered_s=cfg.max_buffered_s)
+        self.core = SpeechEngine(self.engine, None, sched_cfg, on_tick=self._on_tick, scheduler=self.scheduler)
         warm_up()  # dictionaries of the text frontend (about a second)
         preload()  # the chunker's word segmenter
-        cache, sched.cache = sched.cache, None
-        try:
-            sched.synthesize_chunk("你好。", DEFAULT_VOICE, DEFAULT_SEED, 1.0)  # first-call costs, not cached
-        finally:
-            sched.cache = cache
-        if self.prewarm is not None:
-            phrases = read_prewarm(self.prewarm)
+        speak_through(self.core, "你好。")  # first-call costs, not cached
+        audio_s, took_s = speak_through(self.core, CALIBRATION_TEXT)
+        if not self.capacity:
+            self.capacity = max(1, int(CAPACITY_UTILIZATION * audio_s / max(took_s, 1e-6)))
+            log.info("capacity: %d streams (solo RTF %.3f measured at start; --capacity sets it)",
+                     self.capacity, took_s / max(audio_s, 1e-6))
+        self.core.runner.cache = self.cache
+        if self.cache is not None:
+            self._hits, self._misses = self.cache.hits, self.cache.misses
+        if cfg.prewarm is not None:
+            phrases = read_prewarm(cfg.prewarm)
             for phrase in phrases:
-                for chunk in split_text(phrase):
-                    try:
-                        sched.synthesize_chunk(chunk.text, DEFAULT_VOICE, DEFAULT_SEED, 1.0)
-                    except TextError:
-                        log.warning("prewarm: nothing speakable in %r", chunk.text)
-            log.info("prewarmed %d phrases (%d cache entries)", len(phrases), len(cache or ()))
+                try:
+                    speak_through(self.core, phrase)
+                except RuntimeError as exc:
+                    log.warning("prewarm: %r: %s", phrase, exc)
+            log.info("prewarmed %d phrases (%d cache entries)", len(phrases), len(self.cache or ()))
+
+    def _on_tick(self, plan: Plan, out: RunnerOutput) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        frames = sum(r.frames for r in out.rows.values())
+        audio_s = frames * self.engine.vocoder.hop_length / self.engine.sample_rate
+        m.audio_seconds.inc(audio_s)
+        m.tick_seconds.observe(out.seconds)
+        if plan.decode:
+            m.batch_rows.observe(len(plan.decode))
+        if audio_s > 0:
+            m.last_rtf.set(out.seconds / audio_s)
+            m.rtf.observe(out.seconds / audio_s)
+        m.queue_depth.set(sum(1 for r in self.scheduler.requests.values() if r.has_work))
+        if self.cache is not None:
+            m.cache_bytes.set(self.cache.bytes)
+            hits, misses = self.cache.hits, self.cache.misses
+            m.cache_hits.inc(hits - self._hits)
+            m.cache_misses.inc(misses - self._misses)
+            self._hits, self._misses = hits, misses

@@ -14,11 +14,13 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from streamtts.constants import NATIVE_RATE
+from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
+from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request
 from streamtts.protocol import (CancelEvent, EndEvent, FlushEvent, Session, StartEvent, State, TextEvent,
                                 error_message)
-from streamtts.server.scheduler import (CANCEL, CLOSE, END, FLUSH, NATIVE_RATE, TEXT, AudioOut, FailedOut,
-                                        FinishedOut, Job, PauseOut, SegmentOut)
-from streamtts.server.state import STATE, ServerState
+from streamtts.server.admission import Busy
+from streamtts.server.state import STATE, ServerState, admission_metrics, engine_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
             session.fail("too_many_sessions", f"the server is at its limit of {state.config.max_sessions} "
                                               "sessions; try again later")
         elif state.worker.failure is not None:
-            session.fail("internal", f"the engine failed to load: {state.worker.failure}")
+            session.fail("engine_unavailable", engine_unavailable(state))
         await Connection(state, ws, session).run()
     return ws
 
@@ -71,7 +73,7 @@ class Connection:
         self.state, self.ws, self.session = state, ws, session
         self.scheduler = state.scheduler
         self.metrics = state.metrics
-        self.job: Job | None = None
+        self.job: Request | None = None
         self.loop = asyncio.get_running_loop()
         self.wakeup = asyncio.Event()
 
@@ -82,7 +84,7 @@ class Connection:
         sender = asyncio.create_task(self._send_loop())
         try:
             if self.session.state is not State.CLOSED:
-                await self._receive_loop()
+                await self._admitted_session()
             self.wakeup.set()
             if self.session.state is State.CLOSED and not sender.done():
                 await asyncio.wait({sender}, timeout=_FLUSH_TIMEOUT_S)
@@ -94,6 +96,27 @@ class Connection:
             self.state.sockets.discard(self.ws)
             if not self.ws.closed:
                 await self.ws.close(code=self.session.close_code or 1000)
+
+    async def _admitted_session(self) -> None:
+        """Wait for a stream slot (queued, told its position), then serve the client."""
+        admission = self.state.admission
+        try:
+            async with admission.slot(on_position=self._queued):
+                admission_metrics(self.state)
+                if self.state.worker.failure is not None:
+                    self.session.fail("engine_unavailable", engine_unavailable(self.state))
+                    return
+                await self._receive_loop()
+        except Busy as exc:
+            self.metrics.refused.labels(api="ws").inc()
+            self.session.fail("server_busy", exc.message)
+        finally:
+            admission_metrics(self.state)
+
+    def _queued(self, position: int) -> None:
+        self.session.queued(position)
+        admission_metrics(self.state)
+        self.wakeup.set()
 
     # ---- client -> server -------------------------------------------------------------------
 
@@ -127,7 +150,7 @@ class Connection:
     def _dispatch(self, event) -> None:
         if isinstance(event, StartEvent):
             o = event.options
-            self.job = Job(o.voice, o.seed, o.speed, sink=self._sink, api="ws")
+            self.job = Request(o.voice, o.seed, o.speed, sink=self._sink, api="ws")
             self.scheduler.add_request(self.job)
             self.metrics.requests.labels(api="ws").inc()
         elif isinstance(event, TextEvent):
