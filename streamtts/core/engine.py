@@ -33,9 +33,11 @@ def scheduler_config_for(engine: Engine, **overrides) -> SchedulerConfig:
 class SpeechEngine:
     def __init__(self, engine: Engine, cache: Optional[PhraseCache] = None,
                  config: Optional[SchedulerConfig] = None,
-                 on_tick: Optional[Callable[[Plan, RunnerOutput], None]] = None):
+                 on_tick: Optional[Callable[[Plan, RunnerOutput], None]] = None,
+                 scheduler: Optional[Scheduler] = None):
         self.engine = engine
-        self.scheduler = Scheduler(config or scheduler_config_for(engine))
+        self.scheduler = scheduler or Scheduler()
+        self.scheduler.config = config or scheduler_config_for(engine)
         self.runner = Runner(engine, cache)
         self.on_tick = on_tick
 
