@@ -67,6 +67,12 @@ def _key(name: str, choices: tuple[str, ...], error: type[StreamTTSError], what:
     return key
 
 
+def check_names(engine: str = "auto", vocoder: str = "auto") -> None:
+    """Raise the typed error (listing the choices) for an unknown engine or vocoder name."""
+    _key(engine, ENGINE_NAMES, UnknownEngineError, "engine")
+    _key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder")
+
+
 # ---- acoustic ----------------------------------------------------------------------------------
 
 def _torch(pack: VoicePack) -> AcousticModel:

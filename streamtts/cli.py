@@ -67,7 +67,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     seed = DEFAULT_SEED if args.seed is None else args.seed
     voice = resolve_voice(args.voice)  # fail fast, before loading models
     phonemize(args.text)
-    speaker = Speaker(create_engine(args.engine))
+    speaker = Speaker(create_engine(args.engine, vocoder=args.vocoder))
     t0 = time.perf_counter()
     ttfa = None
     pieces = []
@@ -103,6 +103,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from streamtts.protocol import Limits
     from streamtts.server import ServerConfig, serve
 
+    from engines.registry import check_names
+
+    check_names(args.engine, args.vocoder)  # fail fast, before the server starts
     if args.prewarm and not Path(args.prewarm).is_file():
         print(f"error [prewarm]: no such file: {args.prewarm}", file=sys.stderr)
         return 2
@@ -111,9 +114,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allowed_origins=tuple(args.allowed_origin or ()), max_sessions=args.max_sessions,
         prewarm=Path(args.prewarm) if args.prewarm else None, cache_bytes=int(args.cache_mb * 1024 * 1024),
         limits=Limits(max_session_chars=args.max_session_chars, rate=args.rate, burst=2 * args.rate),
-        torch_threads=args.threads)
+        torch_threads=args.threads, vocoder=args.vocoder, capacity=args.capacity, queue_size=args.queue_size,
+        queue_timeout_s=args.queue_timeout, max_batch=args.max_batch)
     logging.getLogger("streamtts").setLevel(logging.INFO)
-    print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}; Ctrl-C stops)", flush=True)
+    print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}, vocoder {args.vocoder}; "
+          "Ctrl-C stops)", flush=True)
     serve(config)
     return 0
 
@@ -153,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="WAV file to write (16-bit mono, 22050 Hz)")
     p.add_argument("--voice", default=DEFAULT_VOICE, help=f"voice name (default {DEFAULT_VOICE})")
     p.add_argument("--seed", type=int, default=None, help="seed of the prenet dropout masks (default 0)")
-    p.add_argument("--engine", default="torch", help="inference engine: torch, onnx, onnx-int8, auto")
+    p.add_argument("--engine", default="torch", help="acoustic backend: torch, onnx, onnx-int8, auto")
+    p.add_argument("--vocoder", default="auto", help="vocoder: melgan, hifigan, auto")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("bench", help="benchmark TTFA, RTF and intelligibility per engine")
@@ -169,12 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the streaming server (WebSocket, OpenAI-compatible HTTP, web page)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
-                   help="inference engine (default auto)")
+    p.add_argument("--engine", default="auto", help="acoustic backend: auto (default), torch, onnx, onnx-int8")
+    p.add_argument("--vocoder", default="auto", help="vocoder: auto (default), melgan, hifigan")
+    p.add_argument("--capacity", type=int, default=0, metavar="N",
+                   help="streams admitted at once (default 0: measured at start); more wait in a queue")
+    p.add_argument("--queue-size", type=int, default=16, metavar="N",
+                   help="WebSocket sessions that may wait for a slot (default 16); beyond: server_busy")
+    p.add_argument("--queue-timeout", type=float, default=30.0, metavar="S",
+                   help="longest wait in the queue before server_busy (default 30 s)")
+    p.add_argument("--max-batch", type=int, default=64, metavar="N", help="rows in one decoder call (default 64)")
     p.add_argument("--api-key", action="extend", nargs="+", metavar="K",
                    help="accepted API key(s); none: no authentication")
-    p.add_argument("--max-sessions", type=int, default=16, metavar="N",
-                   help="WebSocket sessions + HTTP speech requests at once (default 16)")
+    p.add_argument("--max-sessions", type=int, default=64, metavar="N",
+                   help="open WebSocket sessions (queued included) + HTTP speech requests (default 64)")
     p.add_argument("--allowed-origin", action="extend", nargs="+", metavar="O",
                    help="browser Origin(s) allowed, e.g. https://example.com; none: any")
     p.add_argument("--prewarm", metavar="FILE", help="phrases (one a line) to synthesize into the cache at start")
