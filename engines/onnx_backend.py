@@ -17,9 +17,19 @@ Choices, measured on the 2-core AVX2 EPYC (no VNNI) shared with other jobs:
 
 * decoder: one ORT call per block (a Loop around the step) beats one call per step driven from
   Python (batch 1: INT8 0.26-0.33 vs 0.35-0.40 ms/step, fp32 1.15-1.19 vs 1.19-1.31).
-* decoder threads (ms per block step, 64-step blocks, medians; see THREADS_* below):
-  batch 1 one thread; a second thread gained ~20 % fp32 on an idle machine, lost ~20 % INT8,
-  and more than doubled fp32 step time when other processes loaded the cores.
+* decoder block, ms per step (64-step blocks, medians of 25 interleaved runs, min in brackets;
+  the machine was shared, load 1-2.5)::
+
+                        1 thread B=1   1 thread B=16   2 threads B=1   2 threads B=16
+      fp32              0.53 (0.50)    2.51 (2.39)     0.54 (0.44)     2.47 (1.56)
+      int8, per row     0.23 (0.22)    1.57 (1.48)     0.29 (0.26)     1.67 (1.28)
+      int8, per tensor  0.22 (0.21)    1.43 (1.33)     0.27 (0.25)     1.45 (1.10)
+
+  Per-row INT8 activations (engines/onnx_graphs.py) cost 6 % at B=1 and 10 % at B=16 over ORT's
+  per-tensor ones, which couple a batch's rows. A second thread pays at B=16 only on an idle
+  machine (the minima); in the medians it gains nothing and loses 20 % at B=1, so the decoder
+  keeps one thread at every batch size (``decoder_threads`` picks threads by batch size, one
+  session each, for a machine to itself: e.g. ((1, 1), (8, 2))).
 * encoder/postnet/vocoder threads: all cores (at most 4): MelGAN RTF 0.10 with 2 threads vs 0.15
   with one. Rewriting MelGAN's 1-D convs as 2-D ones and flushing denormals gained nothing.
 * ORT_ENABLE_ALL graph optimization, sequential execution, no spinning (spinning threads take
@@ -43,8 +53,8 @@ from streamtts.pack import VoicePack, ensure_pack
 
 Provider = Union[str, tuple[str, dict]]
 
-# Decoder intra-op threads by batch size: (smallest batch, threads), see the module docstring.
-DECODER_THREADS = ((1, 1),)
+# Decoder intra-op threads by batch size: ((smallest batch, threads), ...), see the module docstring.
+DECODER_THREADS: tuple[tuple[int, int], ...] = ((1, 1),)
 
 
 def default_providers(cache: Optional[Path] = None) -> list[Provider]:
