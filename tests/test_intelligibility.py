@@ -36,7 +36,7 @@ def rates(pack, transcriber):
     def measure(engine: str, voice: str) -> tuple[float, list]:
         if (engine, voice) not in cache:
             if engine not in speakers:
-                speakers[engine] = Speaker(create_engine(engine, pack))
+                speakers[engine] = Speaker(create_engine(engine, pack=pack))
             speaker = speakers[engine]
             pairs = []
             for text in TEST_SENTENCES:

@@ -1,15 +1,19 @@
-"""Streaming synthesis: chunk-exact against whole-utterance synthesis, cancellable, bounded."""
+"""Streaming synthesis through the engine core: chunk-exact against whole-utterance synthesis,
+batched streams equal to solo ones, cancellable, bounded."""
 
 from __future__ import annotations
 
 import gc
 import os
-import weakref
+from collections import deque
 
 import numpy as np
 import pytest
 
-from streamtts.pipeline import BlockSchedule, ChunkStream
+from streamtts.core.engine import SpeechEngine, scheduler_config_for
+from streamtts.core.outputs import AudioOut, FinishedOut, PauseOut
+from streamtts.core.request import END, TEXT, Request
+from streamtts.core.scheduler import BlockSchedule
 from streamtts.speech import Audio, Segment, Speaker
 from streamtts.text import phonemize
 
@@ -18,66 +22,106 @@ SENTENCE = "今天天气很好，我们一起去公园散步吧。"
 
 @pytest.fixture(scope="module")
 def engine(pack):
-    from engines.torch_engine import TorchEngine
+    from engines.registry import create_engine
 
-    return TorchEngine(pack)
-
-
-@pytest.fixture(scope="module")
-def reference(synth):
-    ids = phonemize(SENTENCE).ids
-    decoded = synth.decode(ids, "biaobei", 5)
-    return ids, decoded, synth.vocode(synth.postnet(decoded.frames))
+    return create_engine("torch", vocoder="melgan", pack=pack)
 
 
-@pytest.mark.parametrize("first,rest", [(6, 12), (8, 16), (24, 64), (5000, 5000)])
-def test_streamed_pcm_equals_whole_utterance(engine, reference, first, rest):
-    ids, decoded, whole = reference
-    stream = ChunkStream(engine, ids, "biaobei", 5, schedule=BlockSchedule(first, rest))
-    pieces = list(stream)
-    assert [p.start_sample for p in pieces] == list(np.cumsum([0] + [len(p.audio) for p in pieces[:-1]]))
-    audio = np.concatenate([p.audio for p in pieces])
-    assert len(audio) == len(whole) == decoded.frames.shape[1] * 256
-    assert np.abs(audio - whole).max() <= 1e-3
+def whole_chunks(synth, text: str, voice: str, seed: int) -> list[np.ndarray]:
+    """Whole-utterance audio of each chunk of ``text`` (decode all, postnet all, vocode all)."""
+    from streamtts.chunker import split_text
+
+    out = []
+    for chunk in split_text(text):
+        decoded = synth.decode(phonemize(chunk.text).ids, voice, seed)
+        out.append(synth.vocode(synth.postnet(decoded.frames)))
+    return out
+
+
+def speech_of(events) -> list[np.ndarray]:
+    """Per chunk, the audio between its start and its Segment (pauses excluded)."""
+    audio = np.concatenate([e.audio for e in events if isinstance(e, Audio)])
+    return [audio[s.start_sample: s.end_sample] for s in events if isinstance(s, Segment)]
+
+
+@pytest.mark.parametrize("first,rest,vocode_frames", [(6, 12, 5), (8, 16, 1 << 30), (24, 64, 40), (24, 128, 9),
+                                                      (5000, 5000, 1 << 30)])
+def test_streamed_pcm_equals_whole_utterance(engine, synth, first, rest, vocode_frames):
+    core = SpeechEngine(engine, config=scheduler_config_for(
+        engine, blocks=BlockSchedule(first, rest), vocode_frames=vocode_frames, max_buffered_s=float("inf"),
+        drop_late_pauses=False))
+    outs: deque = deque()
+    req = Request("biaobei", 5, 1.0, sink=outs.append)
+    core.scheduler.add_request(req)
+    core.scheduler.command(req, TEXT, 0, SENTENCE)
+    core.scheduler.command(req, END, 0)
+    pieces = []
+    while not any(isinstance(o, FinishedOut) for o in outs):
+        assert core.step(), "the core stalled before the end"
+    pieces = [o.audio for o in outs if isinstance(o, AudioOut)]
+    want = whole_chunks(synth, SENTENCE, "biaobei", 5)
+    got = np.concatenate(pieces)
+    assert len(got) == sum(len(w) for w in want)
+    assert np.abs(got - np.concatenate(want)).max() <= 1e-3
+    assert sum(isinstance(o, PauseOut) for o in outs) == len(want) - 1
     if first < 100:
-        assert len(pieces) > 1, "audio must leave before the utterance is fully decoded"
+        assert len(pieces) > 2 * len(want), "audio must leave before each chunk is fully decoded"
 
 
-def test_first_audio_leaves_before_decoding_ends(engine, reference):
-    ids, decoded, _ = reference
-    stream = ChunkStream(engine, ids, "biaobei", 5, schedule=BlockSchedule(24, 64))
-    first = next(iter(stream))
-    assert len(first.audio) > 0
-    assert stream.decoder_steps < decoded.frames.shape[1] / 2
-    stream.close()
+def test_batched_streams_equal_their_solo_synthesis(engine):
+    """Four requests spoken at once share every decoder call and vocoder call; each one's audio
+    equals the same request spoken alone (same seed) to float rounding."""
+    jobs = [("今天天气很好。", "biaobei", 1, 1.0), ("我们一起去公园散步吧，好不好？", "Aiyue", 2, 1.0),
+            ("欢迎使用流式语音合成。", "Xiaogang", 3, 1.3), ("你好。", "biaobei", 4, 0.8)]
+    core = SpeechEngine(engine)
+    sinks = [deque() for _ in jobs]
+    reqs = [Request(v, seed, speed, sink=sink.append) for (_, v, seed, speed), sink in zip(jobs, sinks)]
+    for req, (text, *_ ) in zip(reqs, jobs):
+        core.scheduler.add_request(req)
+        core.scheduler.command(req, TEXT, 0, text)
+        core.scheduler.command(req, END, 0)
+    batch_rows = []
+    core.on_tick = lambda plan, out: batch_rows.append(len(plan.decode))
+    while not all(any(isinstance(o, FinishedOut) for o in sink) for sink in sinks):
+        for req, sink in zip(reqs, sinks):  # a listener that takes everything at once
+            req.delivered(sum(len(o.audio) for o in sink if isinstance(o, AudioOut)) / 22050 - req.produced_s + req.backlog_s)
+        assert core.step(), "the core stalled"
+    assert max(batch_rows) == len(jobs), "the requests were not batched"
+    for (text, voice, seed, speed), sink in zip(jobs, sinks):
+        alone = Speaker(engine).speak(text, voice=voice, seed=seed, speed=speed)
+        want = np.concatenate([e.audio for e in alone if isinstance(e, Audio)])
+        got = np.concatenate([o.audio if isinstance(o, AudioOut) else np.zeros(o.samples, np.float32)
+                              for o in sink if isinstance(o, (AudioOut, PauseOut))])
+        assert len(got) == len(want), text
+        assert np.abs(got - want).max() <= 1e-3, text
 
 
-def test_cancel_mid_utterance_stops_all_work(engine, reference):
-    ids, decoded, _ = reference
-    stream = ChunkStream(engine, ids, "biaobei", 5, schedule=BlockSchedule(8, 8))
-    it = iter(stream)
-    next(it), next(it)
-    steps_at_cancel = stream.decoder_steps
-    stream.close()
-    with pytest.raises(StopIteration):
-        next(it)
-    assert stream.decoder_steps == steps_at_cancel < decoded.frames.shape[1]
-    # nothing keeps the cancelled generator's frames alive
-    ref = weakref.ref(it)
-    del it, stream
-    gc.collect()
-    assert ref() is None
+def test_first_audio_leaves_before_decoding_ends(engine, synth):
+    speaker = Speaker(engine, schedule=BlockSchedule(24, 64))
+    gen = speaker.speak(SENTENCE.split("，")[1], voice="biaobei", seed=5)
+    first = next(gen)
+    assert isinstance(first, Audio) and len(first.audio) > 0
+    [run] = speaker.core.runner.chunks.values()
+    total = synth.decode(phonemize(SENTENCE.split("，")[1]).ids, "biaobei", 5).frames.shape[1]
+    assert run.row.steps < total / 2
+    gen.close()
 
 
-def test_speaker_closing_mid_text_stops_at_once(engine):
-    speaker = Speaker(engine)
-    gen = speaker.speak("第一句话。第二句话。第三句话。", voice="Aiyue")
+def test_closing_mid_utterance_stops_all_work(engine):
+    speaker = Speaker(engine, schedule=BlockSchedule(24, 24))
+    gen = speaker.speak("第一句话比较长，要说好一会儿才能说完。第二句话。第三句话。", voice="Aiyue")
     seen = [next(gen) for _ in range(2)]
     assert all(isinstance(e, Audio) for e in seen)
+    [run] = speaker.core.runner.chunks.values()
+    steps = run.row.steps
     gen.close()
     with pytest.raises(StopIteration):
         next(gen)
-
+    assert not speaker.core.runner.chunks and not speaker.core.scheduler.requests
+    assert run.row.steps == steps, "decoding went on after close"
+    del run, seen, gen
+    gc.collect()
+    assert speaker.core.step() is False  # nothing left to run
 
 def test_speaker_emits_segments_with_char_times(engine):
     events = list(Speaker(engine).speak("你好。今天天气很好！", voice="biaobei"))
@@ -120,7 +164,7 @@ def test_long_text_streams_in_bounded_memory(pack):
 
     base = "这是一段很长的文本，用来检查流式合成不会把所有内容都留在内存里。"
     text = (base * (20000 // len(base) + 1))[:20000]
-    gen = Speaker(create_engine("onnx-int8", pack)).speak(iter(text))  # one character at a time
+    gen = Speaker(create_engine("onnx-int8", pack=pack)).speak(iter(text))  # one character at a time
     segments, audio_samples = 0, 0
     try:
         for event in gen:

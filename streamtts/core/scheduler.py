@@ -145,7 +145,9 @@ class Scheduler:
 
     def flow(self, req: Request) -> None:
         """The consumer took audio: resume the request if it was paused for it."""
-        if req.status is Status.PAUSED and req.backlog_s < self.config.max_buffered_s:
+        # Not only when PAUSED: the engine may have found the backlog full just before this read
+        # and be about to mark it paused and wait; a wake it does not need costs one replan.
+        if req.status not in (Status.FINISHED, Status.FAILED) and req.backlog_s < self.config.max_buffered_s:
             self.wake()
 
     def wake(self) -> None:
@@ -260,7 +262,6 @@ class Scheduler:
     def update(self, plan: Plan, output: RunnerOutput) -> None:
         """Route a tick's results to the requests' sinks."""
         sr = self.config.sample_rate
-        begun = {b.request for b in plan.begin}
         for rid, res in output.rows.items():
             req = self.requests.get(rid)
             if req is None or req.current is None:
@@ -269,7 +270,9 @@ class Scheduler:
             if res.failed is not None:
                 self._fail(req, *res.failed)
                 continue
-            if rid in begun and req.pause and (res.audio or res.segment is not None):
+            # the silence owed goes before the chunk's first audio, whichever tick brings it (a
+            # first block no longer than the look-ahead, or a vocoder budget spent on others)
+            if req.pause and cur.audio_frames == 0 and (res.audio or res.segment is not None):
                 self._post_audio(req, PauseOut(req.generation, req.pause), req.pause)
                 req.pause = 0
             if rid in plan.decode:
