@@ -492,3 +492,10 @@ def test_hifigan_without_its_code_is_a_clear_error(pack, monkeypatch):
     assert err.value.code == "vocoder_unavailable" and "melgan" in err.value.message
     with pytest.raises(VocoderUnavailableError):
         create_vocoder("hifigan", "torch", pack)
+
+
+def test_decoder_threads_by_batch_size(pack, onnx_acoustic, spk):
+    acoustic = OnnxTacotron(pack, decoder_threads=((1, 1), (3, 2)))
+    assert acoustic.block_session(1) is acoustic.block_session(2) is not acoustic.block_session(3)
+    batch = rows_batch(acoustic, spk, [(SHORT, 0, NEVER), (MEDIUM, 1, NEVER), (LONG, 2, NEVER)], 12)
+    assert maxdiff(acoustic._decode(batch).frames, onnx_acoustic._decode(batch).frames) < 1e-5
