@@ -31,7 +31,11 @@ with the weights' precomputed column sums::
     q   = clip(round(x / s_r) - m_r, 0, 255)  uint8               # x ~ s_r * (q + m_r)
     x @ W ~ s_r * w_scale * (q @ Wq + m_r * colsum(Wq))           # Wq int8, symmetric per channel
 
-Every op is row-wise and the integer product is exact, so a row's output is the same in any batch.
+Every op is row-wise and the integer product is exact, so a row's output is the same in any batch
+(measured: bit-identical frames, solo vs batched with two other rows). At B=1 the error vs fp32 is
+the per-tensor recipe's (0.43 / 0.14 above); the cost is 6 % at B=1 and 10 % at B=16 per step
+(engines/onnx_backend.py). ORT's contrib MatMulIntegerToFloat in place of MatMulInteger + Cast +
+Mul was no faster.
 """
 
 from __future__ import annotations
