@@ -99,9 +99,10 @@ class Plan:
     decode: list[int] = field(default_factory=list)  # request ids decoding a block now
     vocode: list[tuple[int, int]] = field(default_factory=list)  # (request id, at most this many frames)
     free: list[int] = field(default_factory=list)  # request ids whose runner state must go
+    finished: list[int] = field(default_factory=list)  # request ids that ended while planning
 
     def __bool__(self) -> bool:
-        return bool(self.begin or self.decode or self.vocode or self.free)
+        return bool(self.begin or self.decode or self.vocode or self.free or self.finished)
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Scheduler:
         self._free: list[int] = []
         self._cond = threading.Condition()
         self._dirty = False
+        self._finished = False  # the plan being made finished a request
         self.last_plan_rows = 0  # rows in the last decoder call (for metrics)
 
     # ---- any thread ---------------------------------------------------------------------------
@@ -161,11 +163,13 @@ class Scheduler:
 
     # ---- engine thread ------------------------------------------------------------------------
     def schedule(self, timeout: Optional[float] = 0.0) -> Optional[Plan]:
-        """The plan of the next tick; waits up to ``timeout`` s (None: forever) for one."""
+        """The plan of the next tick; waits up to ``timeout`` s (None: forever) for one. A plan that
+        only finished requests (their FinishedOut posted) is empty but returned: that is progress."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
+            self._finished = False
             plan = self._plan()
-            if plan:
+            if plan or self._finished:
                 return plan
             with self._cond:
                 if not self._dirty:
@@ -191,6 +195,7 @@ class Scheduler:
                 continue
             if req.current is None and not req.chunks:  # ending, all spoken
                 self._finish(req)
+                plan.finished.append(req.id)
                 continue
             if req.backlog_s >= cfg.max_buffered_s:
                 req.status = Status.PAUSED
@@ -304,6 +309,7 @@ class Scheduler:
             self._remove(req, Status.FINISHED)
 
     def _finish(self, req: Request) -> None:
+        self._finished = True
         self._remove(req, Status.FINISHED)
         self._post(req, FinishedOut(req.generation))
 
