@@ -133,7 +133,6 @@ class Scheduler:
         self._free: list[int] = []
         self._cond = threading.Condition()
         self._dirty = False
-        self._finished = False  # the plan being made finished a request
         self.last_plan_rows = 0  # rows in the last decoder call (for metrics)
 
     # ---- any thread ---------------------------------------------------------------------------
@@ -164,12 +163,11 @@ class Scheduler:
     # ---- engine thread ------------------------------------------------------------------------
     def schedule(self, timeout: Optional[float] = 0.0) -> Optional[Plan]:
         """The plan of the next tick; waits up to ``timeout`` s (None: forever) for one. A plan that
-        only finished requests (their FinishedOut posted) is empty but returned: that is progress."""
+        only finished requests (their FinishedOut posted) is returned too: that is progress."""
         end = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._finished = False
             plan = self._plan()
-            if plan or self._finished:
+            if plan:
                 return plan
             with self._cond:
                 if not self._dirty:
@@ -309,7 +307,6 @@ class Scheduler:
             self._remove(req, Status.FINISHED)
 
     def _finish(self, req: Request) -> None:
-        self._finished = True
         self._remove(req, Status.FINISHED)
         self._post(req, FinishedOut(req.generation))
 
