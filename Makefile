@@ -30,7 +30,7 @@ $(SYSDEPS): $(BIN)/python
 	touch $(SYSDEPS)
 
 fetch: install
-	$(BIN)/streamtts fetch
+	$(BIN)/streamtts fetch --vocoder all
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
