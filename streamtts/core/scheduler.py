@@ -18,8 +18,12 @@ Policy (why):
   first block (24 steps) is never held up behind others' long ones. Rows join and leave between
   blocks; a row stops on its own rule inside the block.
 * The vocoder is the expensive stage, so each tick vocodes at most ``vocode_frames`` frames of
-  audio, given out by deadline. That bounds a tick, and so bounds how long a newcomer waits.
-  A row is not decoded further ahead of its vocoded audio than ``max_lead_frames``.
+  audio. That bounds a tick, and so bounds how long a newcomer waits. Listeners about to run dry
+  (less than ``urgent_s`` of audio ahead; newcomers have none) are served first, by deadline;
+  the rest of the budget goes to rows with a window of at least ``min_window`` frames, since few
+  large windows cost less than many small ones. While a newcomer waits for its first audio, the
+  tick serves only the urgent rows, so it stays short. A row is not decoded further ahead of its
+  vocoded audio than ``max_lead_frames``.
 * A request whose consumer holds ``max_buffered_s`` of audio it has not played is paused (no
   decoding, no vocoding) until it reads (:meth:`flow`).
 * Cancel and close take effect at the next ``schedule()`` (within one tick) and free the
@@ -71,7 +75,9 @@ class BlockSchedule:
 class SchedulerConfig:
     blocks: BlockSchedule = field(default_factory=BlockSchedule)
     max_batch: int = 64  # rows in one decoder call
-    vocode_frames: int = 128  # frames of audio vocoded per tick, over all requests
+    vocode_frames: int = 256  # frames of audio vocoded per tick, over all requests
+    urgent_s: float = 0.5  # a listener with less audio ahead than this is served first
+    min_window: int = 48  # otherwise a row waits until it has this many frames to vocode
     max_lead_frames: int = 192  # decoded but not yet vocoded frames a row may run ahead
     max_buffered_s: float = 5.0  # pause a request whose consumer holds this much unplayed audio
     first_delay: int = 17  # decoder frames before a chunk's first audio frame is exact
@@ -219,20 +225,37 @@ class Scheduler:
                 cur.begun = True
                 plan.begin.append(Begin(req.id, cur.chunk.text, req.voice, req.seed, req.speed, cur.index))
             plan.decode.append(req.id)
-        budget = cfg.vocode_frames
-        for req in live:
-            if budget <= 0:
-                break
-            cur = req.current
-            expect = cur.ready
-            if req.id in plan.decode:
-                expect += plan.steps if cur.blocks else max(0, plan.steps - cfg.first_delay)
-            if cur.acoustic_done or expect > 0:
-                n = min(budget, max(expect, 1))
-                plan.vocode.append((req.id, n))
-                budget -= n
+        self._plan_vocoder(plan, live)
         self.last_plan_rows = len(plan.decode)
         return plan
+
+    def _plan_vocoder(self, plan: Plan, live: list[Request]) -> None:
+        """Give out the tick's vocoder budget: first to rows whose listener is about to run dry
+        (newcomers included), by deadline; then, unless a newcomer waits for its first audio (its
+        tick stays short), to rows with a window of at least ``min_window`` frames or at the end of
+        their chunk: few large windows cost less than many small ones (less context overlap,
+        larger batched calls)."""
+        cfg = self.config
+        now = time.monotonic()
+        budget = cfg.vocode_frames
+        expect = {}
+        for req in live:
+            cur = req.current
+            n = cur.ready
+            if req.id in plan.decode:
+                n += plan.steps if cur.blocks else max(0, plan.steps - cfg.first_delay)
+            if n > 0 or cur.acoustic_done:
+                expect[req.id] = max(n, 1)
+        urgent = [r for r in live if r.id in expect and r.deadline - now < cfg.urgent_s]
+        newcomer = any(r.produced_s == 0 for r in urgent)
+        rest = [] if newcomer else [r for r in live if r.id in expect and r not in urgent and (
+            r.current.acoustic_done or expect[r.id] >= cfg.min_window)]
+        for req in urgent + rest:
+            if budget <= 0:
+                break
+            n = min(budget, expect[req.id])
+            plan.vocode.append((req.id, n))
+            budget -= n
 
     def _drain(self, req: Request) -> None:
         had_work = req.has_work
