@@ -89,13 +89,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streamtts import bench
 
+    if args.concurrency:
+        from streamtts import bench_capacity
+
+        try:
+            levels = [int(n) for n in args.concurrency.split(",") if n.strip()]
+        except ValueError:
+            levels = []
+        if not levels or min(levels) < 1:
+            raise StreamTTSError("--concurrency takes stream counts >= 1, e.g. 1,4,8")
+        bench_capacity.run(levels, args.engine, args.vocoder, json_path=args.json, ws=args.ws,
+                           ws_capacity=args.capacity, text=args.text, sentences=args.sentences,
+                           stagger_s=args.stagger, tolerance_s=args.tolerance_ms / 1000,
+                           player_buffer=not args.no_player_buffer)
+        return 0
     if args.one:
         print(json.dumps(bench.run_one(args.one, args.voice, asr=not args.no_asr, limit=args.limit,
-                                       repeats=args.repeats)))
+                                       repeats=args.repeats, vocoder=args.vocoder)))
         return 0
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bench.run(engines, args.voice, asr=not args.no_asr, limit=args.limit, json_path=args.json,
-              repeats=args.repeats)
+              repeats=args.repeats, vocoder=args.vocoder)
     return 0
 
 
@@ -162,14 +176,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", default="auto", help="vocoder: melgan, hifigan, auto")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("bench", help="benchmark TTFA, RTF and intelligibility per engine")
+    p = sub.add_parser("bench", help="benchmark TTFA, RTF and intelligibility per engine, or capacity "
+                                     "(--concurrency)")
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--engines", default="torch,onnx,onnx-int8", help="comma-separated engine names")
     p.add_argument("--voice", default=DEFAULT_VOICE)
     p.add_argument("--limit", type=int, default=None, help="only the first N test sentences")
     p.add_argument("--no-asr", action="store_true", help="skip the intelligibility measurement")
     p.add_argument("--repeats", type=int, default=3, help="passes over the sentences for the timings")
+    p.add_argument("--vocoder", default="auto", help="vocoder: melgan, hifigan, auto (default: melgan)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one engine in this process
+    g = p.add_argument_group("capacity benchmark (streamtts/bench_capacity.py)")
+    g.add_argument("--concurrency", metavar="N,N,...",
+                   help="run the capacity benchmark instead: this many concurrent LLM-fed streams each")
+    g.add_argument("--engine", default="onnx-int8", help="acoustic backend of the capacity benchmark")
+    g.add_argument("--ws", action="store_true",
+                   help="also through the real server over WebSockets: at capacity and at twice it")
+    g.add_argument("--capacity", type=int, default=None, metavar="C",
+                   help="the server's capacity for --ws (default: the capacity measured in process)")
+    g.add_argument("--text", help="every stream speaks this text (default: 3 test sentences per stream)")
+    g.add_argument("--sentences", type=int, default=3, help="test sentences per stream (default 3)")
+    g.add_argument("--stagger", type=float, default=2.0, metavar="S",
+                   help="streams start spread over this many seconds (default 2)")
+    g.add_argument("--tolerance-ms", type=float, default=20.0,
+                   help="underrun a stream may have in all and still count as held (default 20)")
+    g.add_argument("--no-player-buffer", action="store_true",
+                   help="players do not report what they hold (no pause at 5 s ahead)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("serve", help="run the streaming server (WebSocket, OpenAI-compatible HTTP, web page)")
@@ -194,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-mb", type=float, default=64, help="phrase cache size in MiB (default 64; 0: off)")
     p.add_argument("--max-session-chars", type=int, default=100_000, help="text per session (default 100000)")
     p.add_argument("--rate", type=float, default=60, help="client messages per second per session (default 60)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the engine (default 1; 0: torch's choice)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default 0: 1 for the torch acoustic backend, else torch's choice)")
     p.set_defaults(func=_cmd_serve)
 
     from clients.say import add_arguments as say_arguments

@@ -11,6 +11,7 @@ import pickle
 import shutil
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -267,3 +268,40 @@ def test_windows_reproduce_the_whole_utterance(vocoder, mel, whole, steps):
     for (at_start, at_end), values in firsts.items():
         assert values == {0 if at_start else r}
         assert lengths[(at_start, at_end)] == {-r * ((not at_start) + (not at_end))}
+
+
+# -- through the engine core ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("first,rest,vocode_frames", [(24, 32, 20), (5000, 5000, 1 << 30)])
+def test_streamed_through_the_core_equals_whole_utterance(pack, vocoder, first, rest, vocode_frames):
+    """HiFiGAN behind the scheduler and runner: block sizes and vocoder budgets cut the windows
+    differently, and the audio is the whole-utterance HiFiGAN audio of the same mel."""
+    from collections import deque
+
+    from engines.registry import create_engine
+    from streamtts.core.engine import SpeechEngine, scheduler_config_for
+    from streamtts.core.outputs import AudioOut, FinishedOut
+    from streamtts.core.request import END, TEXT, Request
+    from streamtts.core.scheduler import BlockSchedule
+
+    engine = create_engine("onnx-int8", vocoder="hifigan", pack=pack)
+    text = "欢迎使用流式语音合成。"
+    core = SpeechEngine(engine, config=scheduler_config_for(
+        engine, blocks=BlockSchedule(first, rest), vocode_frames=vocode_frames, max_buffered_s=float("inf")))
+    outs: deque = deque()
+    req = Request("biaobei", 5, 1.0, sink=outs.append)
+    core.scheduler.add_request(req)
+    core.scheduler.command(req, TEXT, 0, text)
+    core.scheduler.command(req, END, 0)
+    while not any(isinstance(o, FinishedOut) for o in outs):
+        assert core.step(), "the core stalled"
+    pieces = [o.audio for o in outs if isinstance(o, AudioOut)]
+    got = np.concatenate(pieces)
+    row = engine.acoustic.start(np.asarray(phonemize(text).ids), speaker_vector("biaobei"), 5)
+    [whole_mel] = engine.acoustic.decode([row], row.cap)  # the whole utterance in one block
+    assert row.finished
+    with torch.inference_mode():
+        want = vocoder(torch.from_numpy(whole_mel.mel)[None])[0].numpy()
+    assert len(got) == len(want) and np.abs(got - want).max() <= 1e-3
+    if first < 100:
+        assert len(pieces) > 2

@@ -43,8 +43,9 @@ class ServerConfig:
     cache_bytes: int = 64 * 1024 * 1024  # phrase cache size (0: no cache)
     prewarm: Optional[Path] = None  # file of phrases (one a line) synthesized into the cache at start
     static_dir: Optional[Path] = DEFAULT_STATIC_DIR  # the web page; None: do not serve files
-    # torch intra-op threads for the engine (0: torch's default). One, because the decoder's ops are
-    # tiny: measured on 2 busy cores, RTF 0.6 with 1 thread and 6.5 with 2 (threads spin-wait).
-    torch_threads: int = 1
+    # torch intra-op threads (process-wide; 0: auto = 1 when the acoustic backend is torch, whose
+    # decoder ops are tiny: measured on 2 busy cores, RTF 0.6 with 1 thread and 6.5 with 2; else
+    # torch's default, for the torch vocoders' large convolutions).
+    torch_threads: int = 0
     block_first: int = 24  # decoder steps of a chunk's first block (fast first audio) ...
     block_rest: int = 64  # ... and of later blocks: the scheduler's unit of work

@@ -118,12 +118,13 @@ class Worker:
 
     def _load(self) -> None:
         cfg = self.config
-        if cfg.torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(cfg.torch_threads)  # process-wide; this thread is torch's only user
         if self.engine is None:
             self.engine = load_engine(cfg.engine, cfg.vocoder)
+        threads = cfg.torch_threads or (1 if self.engine.acoustic.name == "torch" else 0)
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)  # process-wide; this thread is torch's only user
         sched_cfg = scheduler_config_for(
             self.engine, blocks=BlockSchedule(cfg.block_first, cfg.block_rest), max_batch=cfg.max_batch,
             vocode_frames=cfg.vocode_frames, max_buffered_s=cfg.max_buffered_s)
