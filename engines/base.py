@@ -25,8 +25,9 @@ Vocoder: exact mel windows -> exact audio, batched over windows::
 A window carries real context frames wherever it does not touch a true edge of the utterance
 (``at_start`` / ``at_end``), and its output is only the samples that depend on nothing outside
 it, so windows reproduce whole-utterance audio. ``context`` is how many frames a sample needs on
-each side. :meth:`Vocoder.vocode` groups windows by their edge flags and pads them to one width
-(zeros on an interior side, whose samples are cropped away), so a batch is one backend call.
+each side. :meth:`Vocoder.vocode` joins the windows with two interior sides end to end into one
+call, and groups the others by their edge flags, padded to one width (zeros on an interior side,
+whose samples are cropped away), so a batch is a few backend calls.
 """
 
 from __future__ import annotations
@@ -103,8 +104,13 @@ class Vocoder(abc.ABC):
     def vocode(self, windows: Sequence[MelWindow]) -> list[tuple[np.ndarray, int]]:
         """Audio of each window, with the utterance sample index of its first sample."""
         out: list = [None] * len(windows)
+        interior = [i for i, w in enumerate(windows) if not w.at_start and not w.at_end]
+        if interior:
+            self._vocode_joined([windows[i] for i in interior], interior, out)
         groups: dict[tuple, list[int]] = {}
         for i, w in enumerate(windows):
+            if out[i] is not None:
+                continue
             # a window with both true edges cannot be padded: only equal widths share a call
             key = (w.at_start, w.at_end, w.mel.shape[1] if w.at_start and w.at_end else 0)
             groups.setdefault(key, []).append(i)
@@ -125,6 +131,22 @@ class Vocoder(abc.ABC):
                 samples = audio[b, cut:] if left else audio[b, :audio.shape[1] - cut]
                 out[i] = (np.ascontiguousarray(samples, np.float32), w.offset * self.hop_length + first0)
         return out
+
+    def _vocode_joined(self, windows: Sequence[MelWindow], idx: list[int], out: list) -> None:
+        """Windows with two interior sides, joined end to end into one call. Each window carries
+        the context its own exact samples need, so a sample that depends on a neighbour's frames
+        lies in the context that is cropped anyway: joining is exact, wastes nothing on padding,
+        and one long sequence is the cheapest shape for the convolutions."""
+        hop = self.hop_length
+        joined = np.concatenate([w.mel for w in windows], axis=1)[None]
+        audio, first0 = self._run(np.ascontiguousarray(joined, np.float32), False, False)
+        lost = joined.shape[2] * hop - audio.shape[1]  # samples an interior window loses in all
+        start = 0  # frame of the joined sequence where the window starts
+        for i, w in zip(idx, windows):
+            n = w.mel.shape[1] * hop - lost
+            out[i] = (np.ascontiguousarray(audio[0, start * hop: start * hop + n], np.float32),
+                      w.offset * hop + first0)
+            start += w.mel.shape[1]
 
 
 @dataclass
