@@ -26,7 +26,7 @@ from streamtts.core.engine import SpeechEngine, scheduler_config_for
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
 from streamtts.core.request import CLOSE, END, TEXT, Request
 from streamtts.core.scheduler import BlockSchedule
-from streamtts.core.timing import CharTime, pause_samples  # noqa: F401 - part of this API
+from streamtts.core.timing import CharTime
 from streamtts.errors import StreamTTSError
 from streamtts.voices import resolve_voice
 

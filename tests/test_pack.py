@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from streamtts.cachefiles import sha256_file
 from streamtts.errors import ModelPackError, UnsafePickleError
-from streamtts.pack.store import MEMBERS, WHEEL, ensure_pack, sha256_file
+from streamtts.pack.store import MEMBERS, WHEEL, ensure_pack
 from streamtts.pack.unpickle import flatten_state, load_module_tree
 
 

@@ -39,8 +39,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from streamtts.core.outputs import (AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut)
+from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
 from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, ChunkProgress, Request, Status
+from streamtts.core.timing import pause_samples
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ class Scheduler:
             elif res.segment is not None:
                 self._post(req, SegmentOut(req.generation, res.segment, 0.0))
                 req.current = None
-                req.pause = int(sr * cur.chunk.pause_ms / 1000 / req.speed)
+                req.pause = pause_samples(cur.chunk.pause_ms, req.speed, sr)
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def _post_audio(self, req: Request, out, samples: int) -> None:

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from streamtts.cachefiles import locked, sha256_file
+from streamtts.cachefiles import locked
 from streamtts.errors import ModelPackError
 from streamtts.models.hifigan import HiFiGAN, HiFiGANConfig
 from streamtts.pack.store import home
 from streamtts.pack.unpickle import load_checkpoint
-from streamtts.pack.wheels import PinnedWheel, checked_wheel, save_tensors, write_manifest
+from streamtts.pack.wheels import (PinnedWheel, checked_wheel, load_weights, read_manifest, save_tensors,
+                                   write_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ class HiFiGANPack:
         return HiFiGANConfig.from_dict(self.manifest["generator"]["config"])
 
     def load(self, device: str | torch.device = "cpu") -> HiFiGAN:
-        model = HiFiGAN(self.config)
-        model.load_state_dict(load_file(self.path / "generator.safetensors", device=str(device)))
-        return model.eval().requires_grad_(False).to(device)
+        return load_weights(HiFiGAN(self.config), self.path / "generator.safetensors", device)
 
 
 def _pack_dir(root: Path) -> Path:
@@ -80,17 +78,12 @@ def _pack_dir(root: Path) -> Path:
 
 def _verify(pack_dir: Path) -> HiFiGANPack | None:
     """The pack if its file is present and matches the manifest's sha256, else None."""
+    manifest = read_manifest(pack_dir, FORMAT, SOURCE, {"generator": "generator.safetensors"})
     try:
-        manifest = json.loads((pack_dir / "manifest.json").read_text())
-        if manifest.get("format") != FORMAT or manifest.get("source", {}).get("sha256") != WHEEL_SHA256:
-            return None
-        if sha256_file(pack_dir / "generator.safetensors") != manifest["generator"]["sha256"]:
-            log.warning("HiFiGAN file %s/generator.safetensors does not match its checksum", pack_dir)
-            return None
-        HiFiGANConfig.from_dict(manifest["generator"]["config"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        HiFiGANConfig.from_dict(manifest["generator"]["config"]) if manifest else None
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return HiFiGANPack(pack_dir, manifest)
+    return HiFiGANPack(pack_dir, manifest) if manifest else None
 
 
 def config_from_json(data: dict[str, Any]) -> HiFiGANConfig:

