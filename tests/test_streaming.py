@@ -187,3 +187,44 @@ def test_long_text_streams_in_bounded_memory(int8_engine):
     spoken = 4 * (samples_end - samples_warm)  # bytes of float32 audio spoken in between
     assert spoken > 6_000_000
     assert rss_end - rss_warm < spoken / 2, (rss_end - rss_warm, spoken)
+
+
+def test_a_failing_row_fails_only_its_own_request(int8_engine):
+    """A backend error in a batched decoder call: the runner retries the rows one by one, the
+    failing request gets one typed error and nothing more, the others are spoken in full."""
+    from engines.base import Engine
+    from streamtts.core.outputs import FailedOut
+
+    good, bad = ["今天天气很好。", "欢迎使用。"], "这一句会让后端出错。"
+    n_bad = len(phonemize(bad).ids)
+    assert n_bad not in {len(phonemize(t).ids) for t in good}
+
+    class Flaky:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def decode(self, rows, steps):
+            if any(r.n_ids == n_bad for r in rows):
+                raise RuntimeError("backend fault")
+            return self.inner.decode(rows, steps)
+
+    engine = Engine(Flaky(int8_engine.acoustic), int8_engine.vocoder)
+    core = SpeechEngine(engine)
+    sinks = [deque() for _ in range(3)]
+    for text, sink in zip(good + [bad], sinks):
+        req = Request("biaobei", 0, 1.0, sink=sink.append)
+        core.scheduler.add_request(req)
+        core.scheduler.command(req, TEXT, 0, text)
+        core.scheduler.command(req, END, 0)
+    while core.step():
+        pass
+    failed = [o for o in sinks[2] if isinstance(o, FailedOut)]
+    assert len(failed) == 1 and failed[0].code == "internal" and isinstance(sinks[2][-1], FailedOut)
+    for text, sink in zip(good, sinks):
+        got = np.concatenate([o.audio for o in sink if isinstance(o, AudioOut)])
+        want = Speaker(int8_engine).synthesize(text, "biaobei")
+        assert isinstance(sink[-1], FinishedOut) and len(got) == len(want)
+        assert np.abs(got - want).max() <= 1e-3
