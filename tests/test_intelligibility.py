@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 MAX_ERROR = 0.06
 INT8_MARGIN = 0.01
 VOICES = ("biaobei", "Aiyue")
-ENGINES = ("torch", "onnx", "onnx-int8", "onnx-int8+hifigan")
+# torch is left out: its audio equals onnx's within 1e-3 (tests/test_engines.py), so it would be
+# heard the same, at twice the cost
+ENGINES = ("onnx", "onnx-int8", "onnx-int8+hifigan")
 SYLLABLE = 0.0025  # one syllable of the test sentences (about 440 syllables)
 
 
