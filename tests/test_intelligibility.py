@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 MAX_ERROR = 0.06
 INT8_MARGIN = 0.01
 VOICES = ("biaobei", "Aiyue")
-# torch is left out: its audio equals onnx's within 1e-3 (tests/test_engines.py), so it would be
-# heard the same, at twice the cost
+# torch is left out: the onnx graphs are exported from the same torch modules and agree with them
+# step for step (tests/test_engines.py); a full torch pass here would cost another 75 s
 ENGINES = ("onnx", "onnx-int8", "onnx-int8+hifigan")
 SYLLABLE = 0.0025  # one syllable of the test sentences (about 440 syllables)
 
