@@ -14,6 +14,7 @@ and only the rows that fail again are reported failed (the rest of the batch car
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -48,7 +49,6 @@ class Runner:
         self.engine = engine
         self.cache = cache
         self.chunks: dict[int, ChunkRun] = {}  # request id -> the chunk it is speaking
-        self.stats = {"ticks": 0, "decode_s": 0.0, "vocode_s": 0.0, "rows": 0, "frames": 0}
 
     def execute(self, plan: Plan) -> RunnerOutput:
         t0 = time.perf_counter()
@@ -77,12 +77,6 @@ class Runner:
         for rid, r in res.items():
             r.compute_s += (t1 - t0) / max(1, len(rows)) * (rid in rows) + (t2 - t1) * r.frames / frames
         out.seconds = time.perf_counter() - t0
-        st = self.stats
-        st["ticks"] += 1
-        st["decode_s"] += t1 - t0
-        st["vocode_s"] += t2 - t1
-        st["rows"] += len(rows)
-        st["frames"] += sum(r.frames for r in res.values())
         return out
 
     # -- stages --------------------------------------------------------------------------------
@@ -187,7 +181,5 @@ def _failure(exc: BaseException, stage: str) -> tuple[str, str]:
 
 def raise_into(res: dict[int, RowResult], rid: int, chunks: dict, stage: str) -> None:
     """Record the exception being handled as request ``rid``'s failure and drop its state."""
-    import sys
-
     chunks.pop(rid, None)
     res.setdefault(rid, RowResult()).failed = _failure(sys.exc_info()[1], stage)

@@ -140,7 +140,6 @@ class Scheduler:
         self._free: list[int] = []
         self._cond = threading.Condition()
         self._dirty = False
-        self.last_plan_rows = 0  # rows in the last decoder call (for metrics)
 
     # ---- any thread ---------------------------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -227,7 +226,6 @@ class Scheduler:
                 plan.begin.append(Begin(req.id, cur.chunk.text, req.voice, req.seed, req.speed, cur.index))
             plan.decode.append(req.id)
         self._plan_vocoder(plan, live)
-        self.last_plan_rows = len(plan.decode)
         return plan
 
     def _plan_vocoder(self, plan: Plan, live: list[Request]) -> None:
