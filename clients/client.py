@@ -24,7 +24,8 @@ a refused connection raises it with code ``connection_failed`` (``unauthorized``
 Attributes of the current (or last) utterance: ``ready`` (the server's ``ready`` message),
 ``segments`` (``segment`` messages: text and per-character times), ``done`` (the ``done`` message:
 server-side ``ttfa_ms``, ``audio_ms``, ``rtf``), ``ttfa_ms`` (client-side: first text sent to first
-audio byte received), ``audio_bytes``, ``audio_ms``, ``cancelled``. Callbacks ``on_segment(msg)``
+audio byte received), ``audio_bytes``, ``audio_ms``, ``cancelled``, ``queued_position`` (while the
+server, at its capacity, keeps the session waiting: sessions ahead of it; None once admitted). Callbacks ``on_segment(msg)``
 and ``on_event(msg)`` (every JSON message) run in the reader task as messages arrive.
 
 Only ``websockets`` (>= 13, its asyncio API) is needed.
@@ -73,6 +74,7 @@ class StreamClient:
         self.on_segment, self.on_event = on_segment, on_event
         self.open_timeout, self.reply_timeout = open_timeout, reply_timeout
         self.ready: Optional[dict] = None
+        self.queued_position: Optional[int] = None
         self.segments: list[dict] = []
         self.done: Optional[dict] = None
         self.ttfa_ms: Optional[float] = None
@@ -322,7 +324,10 @@ class StreamClient:
                 kind = msg.get("type")
                 if self.on_event is not None:
                     self.on_event(msg)
-                if kind == "ready":
+                if kind == "queued":  # the server is at capacity: `ready` comes once a slot frees
+                    self.queued_position = msg.get("position")
+                elif kind == "ready":
+                    self.queued_position = None
                     self.ready = msg
                     self.format, self.sample_rate = msg.get("format", self.format), msg.get("sample_rate", self.sample_rate)
                     self._ready_evt.set()

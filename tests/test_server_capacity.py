@@ -107,3 +107,36 @@ def test_beyond_capacity_sessions_queue_then_are_refused(engine):
         status, headers, body = _post(server, {"model": "tts-1", "input": "你好。", "voice": "alloy",
                                                "response_format": "pcm"})
         assert status == 200 and len(body) > 1000
+
+
+def test_python_client_waits_in_the_queue_then_speaks(engine):
+    import asyncio
+
+    from clients.client import StreamClient
+
+    config = ServerConfig(port=0, static_dir=None, capacity=1, queue_size=2, queue_timeout_s=60.0)
+    with ServerThread(config, engine) as server:
+        with ws_connect(server) as holder:
+            jsend(holder, type="start")
+            assert json.loads(holder.recv(timeout=30))["type"] == "ready"  # the only slot is taken
+            seen: list = []
+
+            async def speak() -> int:
+                n = 0
+                async with StreamClient(f"ws://127.0.0.1:{server.port}/v1/stream", on_event=seen.append) as c:
+                    async for pcm in c.stream("排队以后再说。"):
+                        n += len(pcm)
+                return n
+
+            async def main() -> int:
+                task = asyncio.create_task(speak())
+                for _ in range(300):
+                    if any(m["type"] == "queued" for m in seen):
+                        break
+                    await asyncio.sleep(0.05)
+                assert {"type": "queued", "position": 0} in seen and not task.done()
+                holder.close()  # the slot frees: the queued client is served
+                return await task
+
+            assert asyncio.run(main()) > 10_000
+            assert [m["type"] for m in seen][:2] == ["queued", "ready"]

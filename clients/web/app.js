@@ -214,7 +214,10 @@
         return;
       }
       const m = JSON.parse(e.data);
-      if (m.type === "ready") {
+      if (m.type === "queued") {
+        st.queued = m.position;  // the server is at capacity: waiting for a slot
+      } else if (m.type === "ready") {
+        st.queued = null;
         if (st.state === "connecting") st.state = "speaking";
       } else if (m.type === "segment") {
         if (st.state === "speaking") onSegment(m);
@@ -316,7 +319,8 @@
     requestAnimationFrame(() => {
       painting = false;
       const secs = (n) => (st.sampleRate ? (n / st.sampleRate).toFixed(2) + " s" : "–");
-      ui.status.textContent = st.state;
+      ui.status.textContent = st.queued != null && st.state === "connecting"
+        ? `queued (${st.queued} ahead)` : st.state;
       ui.ttfa.textContent = st.ttfaMs === null ? "–" : `${Math.round(st.ttfaMs)} ms`;
       ui.received.textContent = secs(st.samplesReceived);
       ui.played.textContent = secs(st.samplesPlayed);
