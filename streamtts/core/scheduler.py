@@ -76,7 +76,7 @@ class BlockSchedule:
 class SchedulerConfig:
     blocks: BlockSchedule = field(default_factory=BlockSchedule)
     max_batch: int = 64  # rows in one decoder call
-    vocode_frames: int = 128  # frames of audio vocoded per tick, over all requests
+    vocode_frames: int = 80  # frames of audio vocoded per tick, over all requests
     urgent_s: float = 0.5  # a listener with less audio ahead than this is served first
     min_window: int = 48  # otherwise a row waits until it has this many frames to vocode
     max_lead_frames: int = 192  # decoded but not yet vocoded frames a row may run ahead

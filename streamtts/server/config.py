@@ -32,7 +32,7 @@ class ServerConfig:
     queue_size: int = 16
     queue_timeout_s: float = 30.0
     max_batch: int = 64  # rows in one batched decoder call
-    vocode_frames: int = 128  # frames of audio vocoded per engine tick (bounds a newcomer's wait)
+    vocode_frames: int = 80  # frames of audio vocoded per engine tick (bounds a newcomer's wait)
     limits: Limits = field(default_factory=Limits)  # per-session message limits (protocol)
     max_frame_bytes: int = 4 * 1024 * 1024  # WebSocket frames beyond this close the socket (1009)
     request_rate: float = 10.0  # new sessions/requests per second per API key (or client IP) ...
