@@ -24,7 +24,7 @@ from engines.base import Engine
 from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.core.engine import SpeechEngine, scheduler_config_for
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
-from streamtts.core.request import CLOSE, END, TEXT, Request
+from streamtts.core.request import CLOSE, END, TEXT, Request, Status
 from streamtts.core.scheduler import BlockSchedule
 from streamtts.core.timing import CharTime
 from streamtts.errors import StreamTTSError
@@ -110,7 +110,7 @@ class Speaker:
                         elif isinstance(out, FinishedOut):
                             return
         finally:
-            if req.id in sched.requests or sched._new:
+            if req.status not in (Status.FINISHED, Status.FAILED):  # stopped early: free its work
                 sched.command(req, CLOSE)
                 self.core.step()  # frees the request's runner state now
 
