@@ -39,6 +39,10 @@ class ServerConfig:
     request_burst: float = 20.0  # ... and in a burst
     max_input_chars: int = 4096  # `input` of POST /v1/audio/speech (OpenAI's limit)
     max_buffered_s: float = 5.0  # audio a session may have waiting for its client before it pauses
+    # Audio a stream may be ahead of its listener's real-time clock (see streamtts/core/pacing.py);
+    # a cancel reaches a playback-speed reader after at most this much audio. <= 0: no pacing.
+    max_lead_s: float = 2.0
+    drain_timeout_s: float = 10.0  # on SIGTERM/SIGINT: time active utterances get to finish
     idle_timeout_s: float = 300.0  # a WebSocket with no client message for this long is closed
     cache_bytes: int = 64 * 1024 * 1024  # phrase cache size (0: no cache)
     prewarm: Optional[Path] = None  # file of phrases (one a line) synthesized into the cache at start
