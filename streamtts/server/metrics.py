@@ -10,7 +10,8 @@ The worker thread and the event loop both update them; prometheus-client is thre
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 _RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 5.0)
@@ -46,6 +47,9 @@ class Metrics:
         self.tick_seconds = Histogram("streamtts_tick_seconds", "Wall time of one engine tick (decode + vocode)",
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("streamtts_ready", "1 once the engine is loaded and warm", registry=r)
+        # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux /proc; nothing elsewhere):
+        # what a soak (streamtts loadtest) watches for growth
+        ProcessCollector(registry=r)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
