@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from streamtts.errors import StreamTTSError
+from streamtts.extras import SERVER_COMMANDS, require_server
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="synthesize text to a WAV file")
     p.add_argument("text")
     p.add_argument("-o", "--output", required=True, help="WAV file to write (16-bit mono, 22050 Hz)")
-    p.add_argument("--voice", default=DEFAULT_VOICE, help=f"voice name (default {DEFAULT_VOICE})")
+    p.add_argument("--voice", default=DEFAULT_VOICE,
+                   help=f"voice name, or a blend such as \"Aiyue:0.7,biaobei:0.3\" (default {DEFAULT_VOICE})")
     p.add_argument("--seed", type=int, default=None, help="seed of the prenet dropout masks (default 0)")
     p.add_argument("--engine", default="torch", help="acoustic backend: torch, onnx, onnx-int8, auto")
     p.add_argument("--vocoder", default="auto", help="vocoder: melgan, hifigan, auto")
@@ -244,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in SERVER_COMMANDS:
+            require_server(args.command)  # a typed error naming the extra, not an ImportError
         return args.func(args)
     except StreamTTSError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)

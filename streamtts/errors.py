@@ -33,6 +33,18 @@ class UnknownVoiceError(StreamTTSError, ValueError):
     code = "unknown_voice"
 
 
+class BadVoiceError(StreamTTSError, ValueError):
+    """A voice blend that is malformed (syntax, weights, too many or repeated voices)."""
+
+    code = "bad_voice"
+
+
+class MissingExtraError(StreamTTSError):
+    """A command needs an optional dependency group that is not installed."""
+
+    code = "missing_extra"
+
+
 class ModelPackError(StreamTTSError):
     """The voices could not be fetched, verified or converted."""
 

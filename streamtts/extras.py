@@ -1,0 +1,37 @@
+"""Optional dependency groups: which commands need the ``server`` extra, and a typed error when
+it is missing.
+
+    require_server("serve")   # raises MissingExtraError naming the extra; else returns
+
+The base install (numpy, websockets, sounddevice) is enough for the clients (``clients.client``,
+``streamtts say``, the ``voices`` list); synthesis, the server and the voice pack need
+``pip install 'streamtts[server]'`` (torch, onnxruntime, aiohttp, the text frontend ...).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from streamtts.errors import MissingExtraError
+
+# import name -> distribution name, of the packages in pyproject.toml's `server` extra
+SERVER_MODULES = {
+    "torch": "torch", "safetensors": "safetensors", "onnxruntime": "onnxruntime", "onnx": "onnx",
+    "aiohttp": "aiohttp", "prometheus_client": "prometheus-client", "soxr": "soxr",
+    "pypinyin": "pypinyin", "jieba": "jieba", "cn2an": "cn2an", "opencc": "opencc",
+}
+SERVER_COMMANDS = ("fetch", "frontend", "synth", "bench", "serve")
+
+
+def missing_server_packages() -> list[str]:
+    """Distribution names of the server extra that cannot be imported (find_spec: nothing is imported)."""
+    return [dist for mod, dist in SERVER_MODULES.items() if importlib.util.find_spec(mod) is None]
+
+
+def require_server(command: str) -> None:
+    """Raise MissingExtraError (code ``missing_extra``) if ``command`` lacks the server extra."""
+    missing = missing_server_packages()
+    if missing:
+        raise MissingExtraError(
+            f"`streamtts {command}` needs the server extra, which is not installed (missing: "
+            f"{', '.join(missing)}); install it with: pip install 'streamtts[server]'")
