@@ -20,6 +20,11 @@ onnx 0.91 %, onnx-int8 1.14 %; one syllable is 0.23 %):
 * torch when onnxruntime is missing or the export fails.
 A fallback is logged as a warning with the reason.
 
+Where torch sees a CUDA GPU, acoustic ``auto`` is ``cuda`` (engines/cuda_backend.py: device-resident
+slots, CUDA-graph decoder blocks) and its vocoder runs on the same GPU; on a CPU ``auto`` is as
+above. ``cuda`` asked for by name on a machine without CUDA raises CudaUnavailableError, unless
+``STREAMTTS_CUDA_DRY_RUN=1`` asks for its code to run on the CPU (for tests).
+
 Vocoder ``auto`` is MelGAN on a CPU and HiFiGAN V1 where CUDA is available. Measured here
 (onnx-int8 acoustic model, the 16 test sentences, voices biaobei and Aiyue, Whisper base): HiFiGAN
 0.45 % + 0.91 % syllable errors against MelGAN's 0.0 % + 1.36 %, the same within a syllable,
@@ -44,7 +49,7 @@ from streamtts.pack import VoicePack, ensure_pack
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "torch", "onnx", "onnx-int8")  # acoustic backends
+ENGINE_NAMES = ("auto", "torch", "onnx", "onnx-int8", "cuda")  # acoustic backends
 VOCODER_NAMES = ("auto", "melgan", "hifigan")
 VOCODER_BACKENDS = ("auto", "torch", "onnx")
 
@@ -101,7 +106,25 @@ def _gpu_provider() -> bool:
     return bool(gpu & set(onnxruntime.get_available_providers()))
 
 
+def _cuda(pack: VoicePack) -> AcousticModel:
+    """engines/cuda_backend.py: CUDA, or the CPU dry run with STREAMTTS_CUDA_DRY_RUN=1; else a
+    typed CudaUnavailableError."""
+    from engines.cuda_backend import CudaTacotron
+
+    return CudaTacotron(pack)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def _auto(pack: VoicePack) -> AcousticModel:
+    if _cuda_available():  # a GPU: the device-resident backend (on a CPU, auto is as before)
+        return _cuda(pack)
     try:
         variants = ["fp32"] if _gpu_provider() else ["int8", "fp32"]
     except ImportError as exc:
@@ -124,6 +147,8 @@ def create_acoustic(name: str = "auto", pack: Optional[VoicePack] = None) -> Aco
     pack = pack or ensure_pack()
     if key == "torch":
         return _torch(pack)
+    if key == "cuda":
+        return _cuda(pack)
     if key == "onnx":
         return _onnx(pack, "fp32")
     if key == "onnx-int8":
@@ -260,4 +285,10 @@ def create_engine(name: str = "auto", vocoder: str = "auto", pack: Optional[Voic
     _key(name, ENGINE_NAMES, UnknownEngineError, "engine")
     _check_vocoder(_key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder"))
     pack = pack or ensure_pack()
-    return Engine(create_acoustic(name, pack), create_vocoder(vocoder, "auto", pack))
+    acoustic = create_acoustic(name, pack)
+    if acoustic.name == "cuda":  # its vocoder runs on the same device, on a stream of its own
+        from engines.cuda_backend import cuda_vocoder
+
+        kind = auto_vocoder() if vocoder == "auto" else _key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder")
+        return Engine(acoustic, cuda_vocoder(vocoder_source(pack, kind).load(), kind, acoustic))  # type: ignore[arg-type]
+    return Engine(acoustic, create_vocoder(vocoder, "auto", pack))
