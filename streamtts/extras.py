@@ -18,7 +18,7 @@ from streamtts.errors import MissingExtraError
 SERVER_MODULES = {
     "torch": "torch", "safetensors": "safetensors", "onnxruntime": "onnxruntime", "onnx": "onnx",
     "aiohttp": "aiohttp", "prometheus_client": "prometheus-client", "soxr": "soxr",
-    "pypinyin": "pypinyin", "jieba": "jieba", "cn2an": "cn2an", "opencc": "opencc",
+    "pypinyin": "pypinyin", "jieba": "jieba", "cn2an": "cn2an", "opencc": "opencc", "av": "av",
 }
 SERVER_COMMANDS = ("fetch", "frontend", "synth", "bench", "serve")
 

@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from streamtts.protocol import Limits
 
-# clients/web/ next to the streamtts package in a source checkout
-DEFAULT_STATIC_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
+# The web page is package data of the `clients` package (pyproject.toml), so the same lookup finds
+# clients/web/ in a source checkout and in an installed wheel.
+DEFAULT_STATIC_DIR = Path(str(importlib.resources.files("clients") / "web"))
 
 
 @dataclass(frozen=True)
