@@ -147,8 +147,8 @@ def _number(value, what: str, code: str) -> float:
 def parse_options(msg: dict) -> Options:
     """Options of a `start` message (all fields optional; unknown fields ignored)."""
     voice = msg.get("voice")
-    if voice is not None and not isinstance(voice, str):
-        raise ProtocolError("bad_message", "voice must be a string")
+    if voice is not None and not isinstance(voice, (str, dict)):  # dict: a blend {"Aiyue": 0.7, ...}
+        raise ProtocolError("bad_message", "voice must be a string or an object {voice: weight}")
     try:
         voice = resolve_voice(voice)
     except StreamTTSError as exc:
