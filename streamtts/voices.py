@@ -119,7 +119,9 @@ def _number_weight(name, weight) -> Fraction:
         raise BadVoiceError(f"weight of {name!r} must be finite, got {weight!r}")
     if weight < 0:
         raise BadVoiceError(f"weight of {name!r} is negative ({weight!r})")
-    return Fraction(weight)
+    # a float as the decimal it was written as (0.07, not its binary value), so the object form
+    # and the string form of the same blend resolve alike
+    return Fraction(weight) if isinstance(weight, int) else Fraction(repr(float(weight)))
 
 
 def _canonical(parts: list[tuple[object, Fraction]]) -> str:
