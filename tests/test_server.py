@@ -424,7 +424,7 @@ def test_openai_wav_and_voice_mapping(openai_client):
 
 
 @pytest.mark.parametrize("kw,code", [
-    ({"response_format": "mp3"}, "unknown_format"),
+    ({"response_format": "ogg"}, "unknown_format"),
     ({"voice": "robot"}, "unknown_voice"),
     ({"input": ""}, "empty_text"),
     ({"input": "🤖"}, "no_speakable_text"),
