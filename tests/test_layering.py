@@ -74,3 +74,17 @@ def test_models_pack_and_engines_do_not_import_the_server():
     assert "engines.base" in result["checked"]
     assert not result["errors"], f"modules failed to import: {result['errors']}"
     assert not result["offenders"], f"these import streamtts.server: {result['offenders']}"
+
+
+# What a client-only install (the base dependencies, no `server` extra) runs: the WebSocket
+# client, `say`, and the CLI's argument parser (which `streamtts say` builds).
+CLIENT_CHECK = (
+    "import sys, clients.client, clients.say, streamtts.cli, streamtts.extras; streamtts.cli.build_parser(); "
+    "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','onnxruntime','aiohttp','soxr','engines','pypinyin',"
+    "'jieba') or m.startswith('streamtts.server')]; print(bad); sys.exit(1 if bad else 0)"
+)
+
+
+def test_clients_need_only_the_base_install():
+    proc = _run(CLIENT_CHECK)
+    assert proc.returncode == 0, f"the clients pulled in: {proc.stdout.strip()}\n{proc.stderr}"
