@@ -130,10 +130,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         prewarm=Path(args.prewarm) if args.prewarm else None, cache_bytes=int(args.cache_mb * 1024 * 1024),
         limits=Limits(max_session_chars=args.max_session_chars, rate=args.rate, burst=2 * args.rate),
         torch_threads=args.threads, vocoder=args.vocoder, capacity=args.capacity, queue_size=args.queue_size,
-        queue_timeout_s=args.queue_timeout, max_batch=args.max_batch)
+        queue_timeout_s=args.queue_timeout, max_batch=args.max_batch,
+        wyoming_port=args.wyoming_port, wyoming_host=args.wyoming_host)
     logging.getLogger("streamtts").setLevel(logging.INFO)
     print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}, vocoder {args.vocoder}; "
           "Ctrl-C stops)", flush=True)
+    if args.wyoming_port is not None:
+        print(f"Wyoming (Home Assistant) on tcp://{args.wyoming_host or args.host}:{args.wyoming_port}", flush=True)
     serve(config)
     return 0
 
@@ -230,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=60, help="client messages per second per session (default 60)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: 1 for the torch acoustic backend, else torch's choice)")
+    p.add_argument("--wyoming-port", type=int, default=None, metavar="PORT",
+                   help="also speak the Wyoming protocol (Home Assistant) on this TCP port, e.g. 10200 "
+                        "(default: off)")
+    p.add_argument("--wyoming-host", default=None, metavar="ADDR",
+                   help="address of the Wyoming port (default: --host)")
     p.set_defaults(func=_cmd_serve)
 
     from clients.say import add_arguments as say_arguments

@@ -61,6 +61,10 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
     app.on_startup.append(_start)
     app.on_shutdown.append(_close_sockets)
     app.on_cleanup.append(_stop)
+    if config.wyoming_port is not None:  # Home Assistant's protocol on its own port, same loop and core
+        from streamtts.server.wyoming import install_wyoming
+
+        install_wyoming(app)
     return app
 
 

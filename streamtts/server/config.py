@@ -55,3 +55,7 @@ class ServerConfig:
     torch_threads: int = 0
     block_first: int = 24  # decoder steps of a chunk's first block (fast first audio) ...
     block_rest: int = 64  # ... and of later blocks: the scheduler's unit of work
+    # Wyoming protocol (Home Assistant) on this TCP port, in the same process and scheduler
+    # (streamtts/server/wyoming.py): None = off, 0 = any free port; host None = `host`.
+    wyoming_port: Optional[int] = None
+    wyoming_host: Optional[str] = None
