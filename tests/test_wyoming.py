@@ -22,6 +22,7 @@ from wyoming.ping import Ping, Pong  # noqa: E402
 from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop,  # noqa: E402
                          SynthesizeStopped, SynthesizeVoice)
 
+from streamtts.cli import build_parser  # noqa: E402
 from streamtts.server import ServerConfig  # noqa: E402
 from streamtts.server.wyoming import WYOMING  # noqa: E402
 from streamtts.voices import VOICES  # noqa: E402
@@ -35,7 +36,7 @@ READ_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def server(pack):
-    config = ServerConfig(port=0, static_dir=None, capacity=2, cache_bytes=0, wyoming_port=0)
+    config = ServerConfig(port=0, static_dir=None, capacity=2, cache_bytes=0, wyoming_port=0, idle_timeout_s=3.0)
     with ServerThread(config, shared_engine(pack)) as srv:
         srv.wyoming_port = srv.app[WYOMING].port
         yield srv
@@ -282,3 +283,31 @@ def test_busy_when_every_slot_is_taken(server):
     m = server.metrics()
     assert m['streamtts_refused_total{api="wyoming"}'] == before + 1
     assert m['streamtts_requests_total{api="wyoming"}'] >= 3
+
+
+def test_idle_connections_and_empty_streams_are_closed(server):
+    """Nothing under way for idle_timeout_s (3 s here): an error, then the server closes; a
+    stream left open with nothing to say gives its slot back."""
+    async def idle(start_stream: bool):
+        async with client(server) as c:
+            if start_stream:
+                await c.write_event(SynthesizeStart().event())
+            error = Error.from_event(await read(c, timeout=30)).code
+            closed = await asyncio.wait_for(c.read_event(), 30) is None
+        return error, closed
+
+    async def go():
+        return await asyncio.gather(idle(False), idle(True))
+
+    assert run(go()) == [("idle_timeout", True), ("idle_timeout", True)]
+    deadline = time.monotonic() + 5
+    while server.state.admission.admitted:
+        assert time.monotonic() < deadline, "the idle stream kept its slot"
+        time.sleep(0.05)
+
+
+def test_serve_flags():
+    args = build_parser().parse_args(["serve", "--wyoming-port", "10200", "--wyoming-host", "0.0.0.0"])
+    assert (args.wyoming_port, args.wyoming_host) == (10200, "0.0.0.0")
+    args = build_parser().parse_args(["serve"])
+    assert args.wyoming_port is None and args.wyoming_host is None  # off unless asked

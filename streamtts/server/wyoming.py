@@ -206,7 +206,8 @@ class Connection:
         self.config, self.metrics, self.scheduler = self.state.config, self.state.metrics, self.state.scheduler
         self.reader = _BoundedReader(reader, server.max_bytes)
         self.writer = writer
-        self.task: Optional[asyncio.Task] = None  # the synthesis being spoken (one at a time)
+        self.task: Optional[asyncio.Task] = None  # the synthesis being spoken (one at a time) ...
+        self.current: Optional[_Synthesis] = None  # ... and its request
         self.stream_open = False  # between synthesize-start and synthesize-stop
         self.stream: Optional[_Synthesis] = None  # that stream's synthesis; None if it was refused
 
@@ -273,7 +274,12 @@ class Connection:
         return None
 
     def _busy(self) -> bool:
-        return self.stream_open or (self.task is not None and not self.task.done())
+        """Audio under way (to be made or not yet taken): the client is listening, not idling. A
+        stream left open with nothing to say is idle."""
+        syn = self.current
+        if syn is None or self.task is None or self.task.done():
+            return False
+        return not syn.streaming or syn.job.has_work or syn.job.backlog_s > 0 or bool(syn.job.inbox)
 
     async def _handle(self, event: Event) -> None:
         if not isinstance(event.data, dict):
@@ -375,7 +381,7 @@ class Connection:
         self.metrics.active_sessions.labels(api="wyoming").inc()
         # the callback, not the task's own finally, frees the slot: a task cancelled before its
         # first step never runs its body
-        self.task = asyncio.create_task(self._speak(syn))
+        self.current, self.task = syn, asyncio.create_task(self._speak(syn))
         self.task.add_done_callback(lambda task: self._done(syn, task))
         return syn
 
