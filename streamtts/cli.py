@@ -1,4 +1,4 @@
-"""Command line: ``streamtts fetch | voices | frontend | synth | bench | serve | say``.
+"""Command line: ``streamtts fetch | voices | frontend | synth | bench | serve | say | loadtest``.
 
 Every user error ends with one line ``error [code]: message`` on stderr and exit status 2; a
 traceback means a bug.
@@ -147,6 +147,12 @@ def _cmd_say(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from streamtts.loadtest import main as loadtest_main
+
+    return loadtest_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from streamtts.voices import DEFAULT_VOICE
 
@@ -245,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("say", help="speak text through a running server (plays it, or writes a WAV)")
     say_arguments(p)
     p.set_defaults(func=_cmd_say)
+
+    from streamtts.loadtest import add_arguments as loadtest_arguments
+
+    p = sub.add_parser("loadtest", help="load and soak a running server with checking clients (exit 1 on a "
+                                        "violation)")
+    loadtest_arguments(p)
+    p.set_defaults(func=_cmd_loadtest)
     return parser
 
 

@@ -1,0 +1,95 @@
+"""``streamtts loadtest`` against a real ``streamtts serve`` (onnx-int8, capacity 4, no phrase
+cache so loaded sessions are synthesized in batches): 4 clients for 60 s, every behaviour, no
+violation; and the checks it makes on the wire flag what they must."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamtts.bench_ws import Server
+from streamtts.loadtest_report import compare
+from streamtts.loadtest_session import BEHAVIOURS, SessionLog, Utterance, Wire
+
+
+@pytest.fixture(scope="module")
+def server(pack):
+    srv = Server("onnx-int8", "auto", capacity=4, queue_size=16)
+    yield srv
+    srv.stop()
+
+
+def test_sixty_seconds_of_four_clients_keep_the_protocol(server, tmp_path):
+    out = tmp_path / "loadtest.json"
+    cmd = [sys.executable, "-m", "streamtts", "loadtest", "--url", f"ws://127.0.0.1:{server.port}/v1/stream",
+           "--clients", "4", "--duration", "60", "--seed", "0", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:] + server.output()[-2000:]
+    r = json.loads(out.read_text())
+    assert r["ok"] and r["violation_count"] == 0 and r["violations"] == []
+    served = r["sessions"]["served_by_behaviour"]
+    assert all(served[b] >= 1 for b in BEHAVIOURS), served
+    outcomes = r["sessions"]["by_outcome"]
+    assert outcomes.get("done", 0) >= 1 and outcomes.get("disconnected", 0) >= 1 and "hung" not in outcomes
+    assert r["errors_by_code"] == {}
+    assert r["ttfa_ms"]["n"] >= 1 and r["ttfa_ms"]["p50"] <= r["ttfa_ms"]["p99"]
+    for kind in ("fast", "playback"):  # cancel latency recorded for both kinds of reader
+        c = r["cancel_latency_ms"][kind]
+        assert c["n"] >= 1 and c["p50"] <= c["p99"] <= c["max"], (kind, c)
+    assert r["playback"]["streams"] >= 1 and r["playback"]["max_lag_ms"]["n"] == r["playback"]["streams"]
+    # loaded sessions were synthesized (no cache) and still matched their solo references
+    p = r["parity"]
+    assert p["via"] == "synthesis" and p["references"] == 3 and p["segments_compared"] >= 1
+    assert p["max_abs_diff"] <= p["tolerance"]
+    rss = r["rss"]  # sampled over the run from /metrics
+    assert len(rss["samples"]) >= 5 and all(s["rss_mb"] > 0 for s in rss["samples"])
+    assert rss["start_mb"] <= rss["max_mb"] and rss["warmup_end_s"] >= 20
+    assert r["server"]["capacity"] == 4 and r["server"]["cache"] == "off"
+
+
+class _NoSocket:
+    pass
+
+
+def _wire(width: int = 2) -> Wire:
+    log = SessionLog("t", 0, "cancel_fast", "biaobei", 0, width=width)
+    wire = Wire(_NoSocket(), log, {})
+    wire.feed(json.dumps({"type": "ready", "voice": "biaobei", "seed": 0}), 0.0)
+    wire.begin("你好。")
+    return wire
+
+
+def test_the_wire_checks_flag_old_audio_after_cancelled_and_unexpected_errors():
+    wire = _wire()
+    wire.feed(b"\0\0" * 100, 1.0)
+    wire.cancel_at = 1.0
+    wire.feed(json.dumps({"type": "cancelled"}), 1.25)
+    assert wire.log.cancel_latency_s == 0.25 and wire.log.violations == []
+    wire.feed(b"\0\0" * 10, 1.3)  # old audio after cancelled
+    wire.feed(json.dumps({"type": "segment", "index": 0, "text": "你好。", "audio_start_ms": 0,
+                          "audio_end_ms": 5.0}), 1.3)
+    wire.feed(json.dumps({"type": "error", "code": "server_busy", "message": "", "fatal": True}), 1.4)
+    wire.feed(json.dumps({"type": "error", "code": "internal", "message": "boom", "fatal": True}), 1.4)
+    wire.feed(b"\0\0\0", 1.5)  # splits a sample
+    v = wire.log.violations
+    assert any("binary frame (20 bytes) after cancelled" in x for x in v)
+    assert any("segment after cancelled" in x for x in v)
+    assert any("error internal" in x for x in v) and not any("server_busy" in x for x in v)
+    assert any("splits a sample" in x for x in v)
+    assert wire.log.admission == ["server_busy"]
+
+
+def test_parity_flags_audio_that_is_not_the_streams_own():
+    ref = np.sin(np.arange(2205, dtype=np.float32) / 7).astype(np.float32)
+    key = ("你好。", "biaobei", 0)
+    good, bad = (SessionLog(n, 0, "llm", "biaobei", 0, width=4) for n in ("good", "bad"))
+    for log, audio in ((good, ref), (bad, ref[::-1].copy())):
+        log.audio += audio.astype("<f4").tobytes()
+        log.utterances.append(Utterance("你好。", key, [("你好。", 0, len(audio))]))
+    stats = compare([good, bad], {key: [("你好。", ref)]}, 1e-3)
+    assert stats["segments_compared"] == 2 and stats["bit_exact"] == 1
+    assert good.violations == [] and len(bad.violations) == 1 and "differs from its solo audio" in bad.violations[0]
