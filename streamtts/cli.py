@@ -90,6 +90,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streamtts import bench
 
+    if args.device and not args.concurrency:
+        args.concurrency = "1,64,256,512,1024,2048"
     if args.concurrency:
         from streamtts import bench_capacity
 
@@ -99,6 +101,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             levels = []
         if not levels or min(levels) < 1:
             raise StreamTTSError("--concurrency takes stream counts >= 1, e.g. 1,4,8")
+        if args.device:  # the cuda backend's engine figures (streamtts/bench_gpu.py)
+            from streamtts import bench_gpu
+
+            bench_gpu.run(levels, args.device, args.dtype, args.vocoder, json_path=args.json, voice=args.voice)
+            return 0
         bench_capacity.run(levels, args.engine, args.vocoder, json_path=args.json, ws=args.ws,
                            ws_capacity=args.capacity, text=args.text, sentences=args.sentences,
                            stagger_s=args.stagger, tolerance_s=args.tolerance_ms / 1000,
@@ -213,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="underrun a stream may have in all and still count as held (default 20)")
     g.add_argument("--no-player-buffer", action="store_true",
                    help="players do not report what they hold (no pause at 5 s ahead)")
+    g = p.add_argument_group("GPU benchmark (streamtts/bench_gpu.py)")
+    g.add_argument("--device", choices=["cuda", "cpu"],
+                   help="run the cuda backend's in-process benchmark on this device instead (cpu: its dry run)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights and state of the cuda backend (default float32)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("serve", help="run the streaming server (WebSocket, OpenAI-compatible HTTP, web page)")
