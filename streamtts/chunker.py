@@ -27,6 +27,10 @@ Rules, in short:
   quote that belongs to it); if that char is a space, once a non-space char or a newline arrives
   (a newline makes the pause a paragraph pause). ``flush()`` waits for nothing. Pushing a text in
   any fragments gives the same chunks as ``split_text`` on the whole text.
+* An inline reading ``{行|hang2}`` (``streamtts.inline_syntax``) is never cut: a cut that would
+  fall inside one moves before it (or after it, when nothing speakable is before it), and the
+  cut waits while a ``{`` near it may still open one (a group is at most 16 hanzi). The cap
+  counts a group's characters as written.
 * Chunks with nothing speakable in them (only punctuation, spaces, emoji) are dropped.
 * ``flush()`` and ``reset()`` end the utterance: the next chunk has index 0 and is again a short
   first chunk. Offsets (``start``/``end``) count all text pushed since construction, so
@@ -38,6 +42,8 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+
+from streamtts.inline_syntax import INLINE, INLINE_PREFIX, MAX_GROUP_CHARS
 
 # Silence after a chunk, by what ended it. Tune here.
 PAUSE_MS: dict[str, int] = {
@@ -205,13 +211,16 @@ class SentenceChunker:
                     break
                 if self._soft:
                     return self._soft
-                k = self._word_cut(seg, limit)
+                groups = _groups(seg, limit + _LOOKAHEAD, final)
+                if groups is None:
+                    break  # an inline reading may be open near the cut: wait for its end
+                k = self._word_cut(seg, limit, groups)
                 if k is None and limit < self.max_chars:
                     # one token (a URL, a long number) spans the short first cap: let the
                     # first chunk grow to the normal cap rather than cut through the token
                     limit = self._limit = self.max_chars
                     continue
-                return k or limit, "cut"
+                return k or _outside(seg, limit, groups), "cut"
             if i >= n:
                 break
             c = seg[i]
@@ -335,9 +344,10 @@ class SentenceChunker:
         return j, _SOFT[c]
 
     @staticmethod
-    def _word_cut(seg: str, limit: int) -> int | None:
-        """Largest word boundary k <= limit in seg[:limit + _LOOKAHEAD] not inside a number
-        or Latin word, and leaving something speakable before it; None if there is none."""
+    def _word_cut(seg: str, limit: int, groups: list[tuple[int, int]] = ()) -> int | None:
+        """Largest word boundary k <= limit in seg[:limit + _LOOKAHEAD] not inside a number,
+        a Latin word or an inline reading (``groups``), and leaving something speakable before
+        it; None if there is none."""
         window = seg[: limit + _LOOKAHEAD]
         bounds = set()
         pos = 0
@@ -349,6 +359,8 @@ class SentenceChunker:
         for m in _ATOM.finditer(window, 0, limit + _LOOKAHEAD):
             if m.start() < limit:
                 bounds.difference_update(range(m.start() + 1, m.end()))
+        for start, end in groups:
+            bounds.difference_update(range(start + 1, end))
         for k in sorted(bounds, reverse=True):
             nxt = window[k] if k < len(window) else " "
             # a mark must not lead the next chunk, nor an opening quote end this one
@@ -357,6 +369,24 @@ class SentenceChunker:
             if _speakable(window[:k]):
                 return k
         return None
+
+
+def _groups(seg: str, upto: int, final: bool) -> list[tuple[int, int]] | None:
+    """Inline readings starting before ``upto``; None while one that may start there is still
+    open at the end of the buffer (more text decides)."""
+    if not final:
+        m = INLINE_PREFIX.search(seg, max(0, upto - 1 - MAX_GROUP_CHARS))
+        if m is not None and m.start() < upto:
+            return None
+    return [m.span() for m in INLINE.finditer(seg, 0, upto + MAX_GROUP_CHARS) if m.start() < upto]
+
+
+def _outside(seg: str, k: int, groups: list[tuple[int, int]]) -> int:
+    """``k``, or the nearest cut outside the inline reading around it."""
+    for start, end in groups:
+        if start < k < end:
+            return start if _speakable(seg[:start]) else end
+    return k
 
 
 def split_text(text: str, **kw) -> list[Chunk]:

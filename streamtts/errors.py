@@ -55,3 +55,23 @@ class UnsafePickleError(ModelPackError):
     """A pickle asked for a global that is not on the allow-list."""
 
     code = "unsafe_pickle"
+
+
+class SsmlError(StreamTTSError, ValueError):
+    """SSML input that is not well-formed, uses an unsupported construct, or has a bad value.
+
+    ``line`` and ``column`` (1-based, None when unknown) locate the problem in the document."""
+
+    code = "invalid_ssml"
+
+    def __init__(self, message: str, line: "int | None" = None, column: "int | None" = None):
+        if line is not None:
+            message = f"line {line}, column {column}: {message}"
+        super().__init__(message)
+        self.line, self.column = line, column
+
+
+class LexiconError(StreamTTSError, ValueError):
+    """A user lexicon file (``--lexicon``) that cannot be read or has a bad line."""
+
+    code = "bad_lexicon"

@@ -1,7 +1,7 @@
 """Phrase cache: LRU of synthesized chunks, bounded in bytes. Thread-safe.
 
     cache = PhraseCache(max_bytes=64 << 20)
-    key = CacheKey(normalized, voice, seed, speed, engine_name)
+    key = CacheKey(normalized, voice, seed, speed, engine_name, ids)
     cache.put(key, CachedChunk(audio, chars))   # audio float32 @ 22050 Hz, chars from chunk start
     hit = cache.get(key)                        # CachedChunk or None (and counts the hit/miss)
 
@@ -28,12 +28,15 @@ class CacheKey(NamedTuple):
     seed: int
     speed: float
     engine: str = ""  # Engine.name: which acoustic backend and vocoder made it
+    # the model's input ids: the same normalized text reads differently under a user lexicon
+    # or an inline/SSML reading
+    ids: tuple = ()
 
 
 @dataclass(frozen=True)
 class CachedChunk:
     audio: np.ndarray  # (S,) float32 at the native rate, the chunk's speech without the pause
-    chars: tuple[tuple[str, float, float], ...]  # (char, start_ms, end_ms) from the chunk's start
+    chars: tuple  # (char, start_ms, end_ms, index in normalized) from the start of the speech
 
     @property
     def nbytes(self) -> int:

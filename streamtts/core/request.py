@@ -21,7 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from streamtts.chunker import Chunk, SentenceChunker
+from streamtts.chunker import Chunk
+from streamtts.core.markup import MarkupChunker
 
 TEXT, FLUSH, END, CANCEL, CLOSE = "text", "flush", "end", "cancel", "close"
 
@@ -61,7 +62,8 @@ class Request:
 
     def __post_init__(self) -> None:
         self.inbox: deque = deque()  # commands from other threads (deque append/popleft are atomic)
-        self.chunker = SentenceChunker(**self.chunker_options)
+        # plain text fragments, or whole SSML documents (streamtts.text.ssml) as TEXT commands
+        self.chunker = MarkupChunker(self.speed, **self.chunker_options)
         self.chunks: deque[Chunk] = deque()
         self.current: Optional[ChunkProgress] = None
         self.chunk_count = 0

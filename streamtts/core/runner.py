@@ -23,6 +23,7 @@ import numpy as np
 
 from engines.base import AcousticRow, Engine, MelOut
 from streamtts.core.cache import CacheKey, CachedChunk, PhraseCache
+from streamtts.core.markup import effective_speed, shown_chars
 from streamtts.core.outputs import SpokenSegment
 from streamtts.core.scheduler import Begin, Plan, RowResult, RunnerOutput
 from streamtts.core.stream import MelStream
@@ -40,6 +41,7 @@ class ChunkRun:
     ph: Phonemized
     row: AcousticRow
     stream: MelStream
+    speed: float = 1.0  # the chunk's own: the request's times its SSML prosody rate
     alignments: list = field(default_factory=list)
     pieces: list = field(default_factory=list)  # kept for the phrase cache
 
@@ -85,20 +87,24 @@ class Runner:
             ph = phonemize(b.text)
         except TextError:
             return RowResult(skipped=True)  # nothing speakable left after normalization
-        key = self._key(ph, b)
+        speed = effective_speed(b.speed, getattr(b.text, "rate", 1.0))
+        lead_ms = getattr(b.text, "lead_ms", 0)  # an SSML break before the chunk's speech
+        lead = [np.zeros(int(self.engine.vocoder.sample_rate * lead_ms / 1000), np.float32)] if lead_ms else []
+        key = self._key(ph, b, speed)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
-            seg = SpokenSegment(b.text, ph.normalized, list(hit.chars), b.index)
+            seg = SpokenSegment(str(b.text), ph.normalized, shown_chars(hit.chars, ph, lead_ms), b.index)
             hop = self.engine.vocoder.hop_length
-            return RowResult(audio=[hit.audio], frames=len(hit.audio) // hop, acoustic_done=True, segment=seg)
+            return RowResult(audio=lead + [hit.audio], frames=len(hit.audio) // hop, acoustic_done=True,
+                             segment=seg)
         try:
             row = self.engine.acoustic.start(np.asarray(ph.ids, np.int64), speaker_vector(b.voice), b.seed)
         except Exception as exc:  # noqa: BLE001 - this chunk's failure, not the others'
             return RowResult(failed=_failure(exc, "encoding"))
         v = self.engine.vocoder
-        stream = MelStream(v.n_mels, v.hop_length, v.context, v.tail_frames, v.tail_value, b.speed)
-        self.chunks[b.request] = ChunkRun(b, ph, row, stream)
-        return RowResult()
+        stream = MelStream(v.n_mels, v.hop_length, v.context, v.tail_frames, v.tail_value, speed)
+        self.chunks[b.request] = ChunkRun(b, ph, row, stream, speed)
+        return RowResult(audio=lead)
 
     def _decode(self, rids: list[int], steps: int, res: dict[int, RowResult]) -> None:
         if not rids or steps <= 0:
@@ -157,15 +163,17 @@ class Runner:
         b, ph = run.begin, run.ph
         align = np.concatenate(run.alignments) if run.alignments else np.zeros((0, len(ph.ids)), np.float32)
         v = self.engine.vocoder
-        frame_ms = 1000.0 * v.hop_length / v.sample_rate / b.speed
-        chars = [(c.char, c.start_ms, c.end_ms) for c in char_times(ph.normalized, ph.char_index, align, 0.0, frame_ms)]
+        frame_ms = 1000.0 * v.hop_length / v.sample_rate / run.speed
+        chars = [(c.char, c.start_ms, c.end_ms, c.index)
+                 for c in char_times(ph.normalized, ph.char_index, align, 0.0, frame_ms)]
         if self.cache is not None:
             audio = np.concatenate(run.pieces) if run.pieces else np.zeros(0, np.float32)
-            self.cache.put(self._key(ph, b), CachedChunk(audio, tuple(chars)))
-        return SpokenSegment(b.text, ph.normalized, chars, b.index)
+            self.cache.put(self._key(ph, b, run.speed), CachedChunk(audio, tuple(chars)))
+        return SpokenSegment(str(b.text), ph.normalized, shown_chars(chars, ph, getattr(b.text, "lead_ms", 0)),
+                             b.index)
 
-    def _key(self, ph: Phonemized, b: Begin) -> CacheKey:
-        return CacheKey(ph.normalized, b.voice, b.seed, b.speed, self.engine.name)
+    def _key(self, ph: Phonemized, b: Begin, speed: float) -> CacheKey:
+        return CacheKey(ph.normalized, b.voice, b.seed, speed, self.engine.name, tuple(ph.ids))
 
 
 def _failed(res: dict[int, RowResult]) -> set[int]:

@@ -12,6 +12,7 @@ class CharTime:
     char: str
     start_ms: float
     end_ms: float
+    index: int = -1  # the char's index in the normalized text
 
 
 def pause_samples(pause_ms: int, speed: float, sample_rate: int) -> int:
@@ -41,5 +42,5 @@ def char_times(normalized: str, char_index: list[int], alignments: np.ndarray, s
         s = max(first[c], prev_end)
         e = max(last[c] + 1, s + 1)
         prev_end = e
-        out.append(CharTime(normalized[c], start_ms + s * frame_ms, start_ms + e * frame_ms))
+        out.append(CharTime(normalized[c], start_ms + s * frame_ms, start_ms + e * frame_ms, c))
     return out

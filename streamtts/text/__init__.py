@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import EmptyTextError, NoSpeakableTextError
 from .g2p import pinyin_run
 from .g2p import warm_up as _warm_g2p
-from .normalize import SPOKEN_PUNCT, normalize
+from .markup import MarkedText, Span, parse_inline
+from .normalize import SPOKEN_PUNCT, is_speakable, normalize
 from .symbols import CHAIN, EOS, PAD, SYMBOL_TO_ID, SYMBOLS, letter_symbol, syllable_phonemes
 
-__all__ = ["Phonemized", "phonemize", "normalize", "warm_up", "SYMBOLS", "SYMBOL_TO_ID"]
+__all__ = ["Phonemized", "phonemize", "phonemize_spans", "normalize", "warm_up", "SYMBOLS", "SYMBOL_TO_ID",
+           "Span", "MarkedText", "parse_inline"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class Phonemized:
     phonemes: list[str]  # symbol strings, ending with "~", "_"
     ids: list[int]  # same length as phonemes
     char_index: list[int]  # same length as ids: index into `normalized`, -1 for the final ~ _
+    spans: tuple[Span, ...] = ()  # the markup spans spoken (one plain span for plain text)
+    span_of: tuple[int, ...] = ()  # per char of `normalized`: the index of its span in `spans`
 
 
 def _is_hanzi(ch: str) -> bool:
@@ -50,8 +55,45 @@ def _is_hanzi(ch: str) -> bool:
 
 
 def phonemize(text: str) -> Phonemized:
-    """Normalize ``text`` and turn it into model symbols (see the module docstring)."""
-    norm = normalize(text)
+    """Normalize ``text`` and turn it into model symbols (see the module docstring).
+
+    Inline readings (``{行|hang2}``, see ``markup.py``) are honoured; a ``MarkedText`` (an SSML
+    chunk) is spoken from its spans."""
+    spans = getattr(text, "spans", None)
+    return phonemize_spans(spans if spans is not None else parse_inline(text), text)
+
+
+def phonemize_spans(spans, text: str | None = None) -> Phonemized:
+    """Speak a list of ``markup.Span``: each span is normalized on its own (one plain span: the
+    whole text, as ``normalize``), the G2P runs over the joined result so words keep their context,
+    and a span's readings replace the G2P's syllables for its hanzi (as spoken: no sandhi)."""
+    spans = tuple(spans)
+    if text is None:
+        text = "".join(s.shown for s in spans)
+    fixed: dict[int, str] = {}
+    if len(spans) == 1 and spans[0].readings is None:
+        norm = normalize(spans[0].say)
+        span_of = (0,) * len(norm)
+    else:
+        if not "".join(s.say for s in spans).strip():
+            raise EmptyTextError("The text is empty; send at least one character to speak.")
+        parts, owner = [], []
+        for k, span in enumerate(spans):
+            part = normalize(span.say, part=True)
+            if span.readings is not None and len(part) == len(span.readings):
+                base = sum(map(len, parts))
+                fixed.update((base + i, r) for i, r in enumerate(span.readings))
+            parts.append(part)
+            owner += [k] * len(part)
+        joined = "".join(parts)
+        norm = joined.lstrip("!?.,;: ")  # leading pauses make only silence
+        cut = len(joined) - len(norm)
+        fixed = {i - cut: r for i, r in fixed.items() if i >= cut}
+        span_of = tuple(owner[cut:])
+        if not is_speakable(norm):
+            raise NoSpeakableTextError(
+                f"Nothing to speak in {text[:40]!r}: it has no Chinese characters, letters or "
+                "numbers (only punctuation, symbols or emoji).")
     phonemes: list[str] = []
     index: list[int] = []
     pinyin: list[str] = []
@@ -68,7 +110,7 @@ def phonemize(text: str) -> Phonemized:
         if _is_hanzi(ch):
             while j < n and _is_hanzi(norm[j]):
                 j += 1
-            for k, syllable in enumerate(pinyin_run(norm[i:j])):
+            for k, syllable in enumerate(_run_pinyin(norm, i, j, fixed)):
                 parts = syllable_phonemes(syllable)
                 if parts is None:  # not reachable with pypinyin's tables; never crash on it
                     continue
@@ -94,7 +136,22 @@ def phonemize(text: str) -> Phonemized:
         phonemes=phonemes,
         ids=[SYMBOL_TO_ID[p] for p in phonemes],
         char_index=index,
+        spans=spans,
+        span_of=span_of,
     )
+
+
+def _run_pinyin(norm: str, i: int, j: int, fixed: dict[int, str]) -> list[str]:
+    """Syllables of the hanzi run norm[i:j]: the G2P's, with the fixed readings put in."""
+    if not any(k in fixed for k in range(i, j)):
+        return list(pinyin_run(norm[i:j]))
+    if all(k in fixed for k in range(i, j)):
+        return [fixed[k] for k in range(i, j)]
+    try:
+        out = list(pinyin_run(norm[i:j]))
+    except ValueError:  # a fixed hanzi the dictionaries have no reading for: read the rest alone
+        out = [fixed.get(k) or pinyin_run(norm[k])[0] for k in range(i, j)]
+    return [fixed.get(i + k, s) for k, s in enumerate(out)]
 
 
 def warm_up() -> None:

@@ -9,7 +9,8 @@ that) and no punctuation inside; it returns one tone3 syllable per character::
 
 Steps, per jieba word of the run:
 
-1. a fixed reading from ``overrides.WORD_READINGS`` if the word has one; otherwise
+1. a fixed reading from the user lexicon (``userlex.py``), else from ``overrides.WORD_READINGS``,
+   if the word has one; otherwise
 2. pypinyin's phrase dictionary for the word, else forward maximum matching of its
    phrases inside the word, else each character's most common reading, corrected where that
    default is predictably wrong (子 in 电子, 为 in 视为, 着 in 着手, 得 in 跑得快), plus the
@@ -31,6 +32,7 @@ from functools import lru_cache
 
 from . import sandhi
 from .lexicon import load
+from .userlex import user_readings
 from .overrides import (
     DEI_BEFORE,
     NEUTRAL_AA_NOUNS,
@@ -98,6 +100,9 @@ def _fix_guesses(word: str, out: list[str], guessed: list[bool]) -> None:
 
 @lru_cache(maxsize=16384)
 def _word_reading(word: str) -> tuple[str, ...]:
+    user = user_readings()
+    if word in user:  # the deployer's lexicon wins over every built-in rule
+        return user[word]
     if word in WORD_READINGS:
         return tuple(WORD_READINGS[word].split())
     out, guessed = _lookup(word)
@@ -152,6 +157,12 @@ def pinyin_run(run: str) -> tuple[str, ...]:
     out = tuple(s for r in spoken for s in r)
     assert len(out) == len(run), (run, out)
     return out
+
+
+def clear_caches() -> None:
+    """Forget cached readings (the user lexicon changed)."""
+    _word_reading.cache_clear()
+    pinyin_run.cache_clear()
 
 
 def warm_up() -> None:

@@ -84,7 +84,11 @@ def load() -> Lexicon:
 
             tok = jieba.Tokenizer()
             tok.initialize()
+            from .userlex import user_readings
+
             for word in WORD_READINGS:  # words with a fixed reading must be cut as units
+                tok.add_word(word)
+            for word in user_readings():  # and so must the user lexicon's (userlex.py)
                 tok.add_word(word)
             _lexicon = Lexicon(
                 pinyin_dict=pinyin_dict,

@@ -99,7 +99,7 @@ def _keep(ch: str, lex) -> bool:
     return ch > "\u2e7f" and lex.has_reading(ch)
 
 
-def _tidy(text: str) -> str:
+def _tidy(text: str, lead: bool = True) -> str:
     text = _PUNCT_RUN.sub(_collapse, text)
     text = _REPEAT.sub(r"\1", text)
     text = _EMPTY_PAIR.sub("", text)
@@ -107,7 +107,7 @@ def _tidy(text: str) -> str:
     # A space survives only between two letters ("hello world"); elsewhere it is layout.
     text = _LAYOUT_SPACE.sub("", text)
     # Leading pauses and punctuation make only silence.
-    return text.lstrip("!?.,;: ")
+    return text.lstrip("!?.,;: ") if lead else text
 
 
 def is_speakable(normalized: str) -> bool:
@@ -115,10 +115,15 @@ def is_speakable(normalized: str) -> bool:
     return any(not (c in SPOKEN_PUNCT or c == " ") for c in normalized)
 
 
-def normalize(text: str) -> str:
-    """See the module docstring. Raises EmptyTextError / NoSpeakableTextError."""
+def normalize(text: str, part: bool = False) -> str:
+    """See the module docstring. Raises EmptyTextError / NoSpeakableTextError.
+
+    ``part=True``: ``text`` is a piece of a longer text (a span of markup, see markup.py) that
+    is normalized on its own: nothing raises, and leading punctuation is kept."""
     if not isinstance(text, str):
         raise TypeError(f"text must be str, not {type(text).__name__}")
+    if part and not text.strip():
+        return ""
     if not text.strip():
         raise EmptyTextError("The text is empty; send at least one character to speak.")
     lex = load()
@@ -131,8 +136,8 @@ def normalize(text: str) -> str:
     s = _DOMAIN_DOT.sub("点", s)
     s = _AT.sub("艾特", s)
     s = "".join(_PUNCT.get(c, c) for c in s)
-    s = _tidy("".join(c for c in s if _keep(c, lex)))
-    if not is_speakable(s):
+    s = _tidy("".join(c for c in s if _keep(c, lex)), lead=not part)
+    if not part and not is_speakable(s):
         raise NoSpeakableTextError(
             f"Nothing to speak in {text[:40]!r}: it has no Chinese characters, letters or "
             "numbers (only punctuation, symbols or emoji)."
