@@ -41,7 +41,7 @@ from streamtts.voices import resolve_voice
 
 __all__ = [
     "State", "Options", "Limits", "Session", "SpokenSegment", "StartEvent", "TextEvent",
-    "FlushEvent", "CancelEvent", "EndEvent", "ProtocolError", "parse_options", "check_text",
+    "FlushEvent", "CancelEvent", "EndEvent", "ProtocolError", "parse_options", "check_text", "parse_text",
     "error_message", "CLOSE_CODES", "TokenBucket", "AudioEncoder", "FORMATS", "SAMPLE_RATES",
     "mulaw_encode", "mulaw_decode",
 ]
@@ -76,6 +76,10 @@ class Options:
     sample_rate: int = NATIVE_RATE
     speed: float = 1.0
     seed: int = DEFAULT_SEED
+    text_format: str = "text"  # of `text` messages that give none: "text" or "ssml" (one <speak> document each)
+
+
+TEXT_FORMATS = ("text", "ssml")
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,31 @@ def parse_options(msg: dict) -> Options:
         seed = DEFAULT_SEED
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ProtocolError("bad_message", f"seed must be an integer 0-{MAX_SEED}, got {seed!r}")
-    return Options(voice, fmt, int(rate), speed, seed)
+    return Options(voice, fmt, int(rate), speed, seed, _text_format(msg.get("text_format"), "text"))
+
+
+def _text_format(value, default: str) -> str:
+    if value is None:
+        return default
+    if value not in TEXT_FORMATS:
+        raise ProtocolError("bad_message", f"text_format must be one of {', '.join(TEXT_FORMATS)}, got {value!r}")
+    return value
+
+
+def parse_text(text: str, text_format: str) -> str:
+    """The text of a message as the request's chunker takes it: ``text`` itself, or for "ssml" the
+    parsed document (``streamtts.text.ssml.SsmlDocument``, a str); ProtocolError ``invalid_ssml``."""
+    if text_format != "ssml":
+        return text
+    from streamtts.text.ssml import parse_ssml  # the frontend's; loaded only when SSML comes
+
+    try:
+        doc = parse_ssml(text)
+    except StreamTTSError as exc:
+        raise ProtocolError(exc.code, exc.message) from None
+    if not any(_can_speak(ch) and not ch.isspace() for ch in doc):
+        raise ProtocolError("no_speakable_text", "nothing speakable in the SSML document")
+    return doc
 
 
 def _dropped(ch: str) -> bool:
@@ -319,8 +347,10 @@ class Session:
         text = check_text(msg.get("text"), self.limits.max_text_chars)
         if self.chars_received + len(text) > self.limits.max_session_chars:
             raise ProtocolError("text_too_long", f"the session's text would exceed {self.limits.max_session_chars} characters")
+        fmt = _text_format(msg.get("text_format"), self.options.text_format if self.options else "text")
+        size, text = len(text), parse_text(text, fmt)
         events = self._implicit_start()
-        self.chars_received += len(text)
+        self.chars_received += size
         if self._ttfa_armed:
             self._ttfa_armed = False
             self._ttfa_start = self.clock()
