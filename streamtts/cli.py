@@ -47,10 +47,21 @@ def _cmd_voices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_lexicon(path: Optional[str]) -> None:
+    """``--lexicon FILE``: check it (a bad line is a LexiconError naming the line: exit 2) and use
+    it process-wide (streamtts/text/userlex.py)."""
+    if path:
+        from streamtts.text.userlex import load_lexicon, set_user_lexicon
+
+        set_user_lexicon(load_lexicon(Path(path)))
+
+
 def _cmd_frontend(args: argparse.Namespace) -> int:
     from streamtts.text import phonemize
+    from streamtts.text.ssml import maybe_ssml
 
-    ph = phonemize(args.text)
+    _use_lexicon(args.lexicon)
+    ph = phonemize(maybe_ssml(args.text))
     print(json.dumps({"normalized": ph.normalized, "pinyin": ph.pinyin, "ids": ph.ids}, ensure_ascii=False))
     return 0
 
@@ -65,14 +76,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from streamtts.text import phonemize
     from streamtts.voices import resolve_voice
 
+    from streamtts.text.ssml import maybe_ssml
+
     seed = DEFAULT_SEED if args.seed is None else args.seed
     voice = resolve_voice(args.voice)  # fail fast, before loading models
-    phonemize(args.text)
+    _use_lexicon(args.lexicon)
+    text = maybe_ssml(args.text)  # a <speak> document is SSML (invalid_ssml if it is not valid)
+    phonemize(text)
     speaker = Speaker(create_engine(args.engine, vocoder=args.vocoder))
     t0 = time.perf_counter()
     ttfa = None
     pieces = []
-    for event in speaker.speak(args.text, voice=voice, seed=seed):
+    for event in speaker.speak(text, voice=voice, seed=seed):
         if isinstance(event, Audio):
             if ttfa is None:
                 ttfa = time.perf_counter() - t0
@@ -128,6 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from engines.registry import check_names
 
     check_names(args.engine, args.vocoder)  # fail fast, before the server starts
+    _use_lexicon(args.lexicon)
     if args.prewarm and not Path(args.prewarm).is_file():
         print(f"error [prewarm]: no such file: {args.prewarm}", file=sys.stderr)
         return 2
@@ -138,7 +154,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         limits=Limits(max_session_chars=args.max_session_chars, rate=args.rate, burst=2 * args.rate),
         torch_threads=args.threads, vocoder=args.vocoder, capacity=args.capacity, queue_size=args.queue_size,
         queue_timeout_s=args.queue_timeout, max_batch=args.max_batch,
-        wyoming_port=args.wyoming_port, wyoming_host=args.wyoming_host)
+        wyoming_port=args.wyoming_port, wyoming_host=args.wyoming_host,
+        lexicon=Path(args.lexicon) if args.lexicon else None)
     logging.getLogger("streamtts").setLevel(logging.INFO)
     print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}, vocoder {args.vocoder}; "
           "Ctrl-C stops)", flush=True)
@@ -181,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_voices)
 
     p = sub.add_parser("frontend", help="print the normalized text, pinyin and model ids as JSON")
-    p.add_argument("text")
+    p.add_argument("text", help="text, or an SSML <speak> document")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="user lexicon: word<TAB>toned pinyin a line, e.g. 行长\thang2 zhang3 (docs/protocol.md)")
     p.set_defaults(func=_cmd_frontend)
 
     p = sub.add_parser("synth", help="synthesize text to a WAV file")
@@ -192,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of the prenet dropout masks (default 0)")
     p.add_argument("--engine", default="torch", help="acoustic backend: torch, onnx, onnx-int8, auto")
     p.add_argument("--vocoder", default="auto", help="vocoder: melgan, hifigan, auto")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="user lexicon: word<TAB>toned pinyin a line, e.g. 行长\thang2 zhang3 (docs/protocol.md)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("bench", help="benchmark TTFA, RTF and intelligibility per engine, or capacity "
@@ -232,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--engine", default="auto", help="acoustic backend: auto (default), torch, onnx, onnx-int8")
     p.add_argument("--vocoder", default="auto", help="vocoder: auto (default), melgan, hifigan")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="user lexicon: word<TAB>toned pinyin a line, e.g. 行长\thang2 zhang3 (docs/protocol.md)")
     p.add_argument("--capacity", type=int, default=0, metavar="N",
                    help="streams admitted at once (default 0: measured at start); more wait in a queue")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",

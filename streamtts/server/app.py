@@ -39,6 +39,10 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
     """A new server application. The worker thread starts with the app (on_startup) and loads
     ``engine`` or ``config.engine``; ``/ready`` answers 200 once it is warm."""
     config = config or ServerConfig()
+    if config.lexicon is not None:  # the frontend is process-wide, and so is its user lexicon
+        from streamtts.text.userlex import load_lexicon, set_user_lexicon
+
+        set_user_lexicon(load_lexicon(config.lexicon))  # LexiconError (with the line) before serving
     metrics = Metrics()
     cache = PhraseCache(config.cache_bytes) if config.cache_bytes > 0 else None
     scheduler = Scheduler()

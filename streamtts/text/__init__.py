@@ -58,8 +58,11 @@ def phonemize(text: str) -> Phonemized:
     """Normalize ``text`` and turn it into model symbols (see the module docstring).
 
     Inline readings (``{行|hang2}``, see ``markup.py``) are honoured; a ``MarkedText`` (an SSML
-    chunk) is spoken from its spans."""
+    chunk) is spoken from its spans, an ``ssml.SsmlDocument`` from the spans of its text (its
+    breaks and rates are the chunker's business, not the frontend's)."""
     spans = getattr(text, "spans", None)
+    if spans is None and hasattr(text, "pieces"):
+        spans = [p.span for p in text.pieces if hasattr(p, "span")]
     return phonemize_spans(spans if spans is not None else parse_inline(text), text)
 
 
