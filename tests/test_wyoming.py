@@ -180,6 +180,9 @@ def test_home_assistant_stream_gives_a_cycle_per_sentence(server, single):
     assert len(per_sentence) == 2
     assert AudioStop.is_type(events[-2].type) and SynthesizeStopped.is_type(events[-1].type)
     assert seconds(per_sentence[0]) < seconds(per_sentence[1])  # "今天天气很好。" < pause + the longer one
+    # the pause after the first sentence (300 ms at a full stop) opens the second cycle as silence
+    assert not np.frombuffer(per_sentence[1][: 2 * int(0.25 * 22050)], "<i2").any()
+    assert np.frombuffer(per_sentence[0][-2 * int(0.25 * 22050):], "<i2").any()
     # the same chunks, seed and silence as the plain synthesize of the whole text
     assert b"".join(per_sentence) == cycles(single)[0]
 
@@ -236,6 +239,20 @@ def test_bad_inputs_get_errors_and_the_connection_goes_on(server):
                 data += chunk
         assert b'"type": "error"' in data and code in data, (frame, data)
     assert server.metrics()['streamtts_errors_total{code="unknown_voice"}'] >= 2
+
+
+def test_engine_failure_is_engine_unavailable(server):
+    worker = server.state.worker
+    worker.failure = "RuntimeError: no weights"  # as the worker records a failed load
+    try:
+        async def go():
+            async with client(server) as c:
+                await c.write_event(Synthesize(text="你好。").event())
+                return Error.from_event(await read(c))
+        error = run(go())
+    finally:
+        worker.failure = None
+    assert error.code == "engine_unavailable" and "no weights" in error.text
 
 
 def test_client_closing_mid_stream_frees_its_slot(server):
