@@ -69,6 +69,11 @@ def check_readings(hanzi: str, ph: str) -> Optional[str]:
     return None
 
 
+def syllables(ph: str) -> tuple[str, ...]:
+    """``"lü4  HANG2"`` -> ``("lv4", "hang2")``: the model's spelling (v for ü, lower case)."""
+    return tuple(s.replace("ü", "v") for s in ph.lower().split())
+
+
 def parse_inline(text: str) -> list[Span]:
     """Split plain text at its strict inline groups (see the module docstring)."""
     spans: list[Span] = []
@@ -79,7 +84,7 @@ def parse_inline(text: str) -> list[Span]:
             continue  # not a valid group: literal text
         if m.start() > pos:
             spans.append(Span(text[pos:m.start()]))
-        spans.append(Span(hanzi, readings=tuple(ph.split())))
+        spans.append(Span(hanzi, readings=syllables(ph)))
         pos = m.end()
     if pos < len(text) or not spans:
         spans.append(Span(text[pos:]))

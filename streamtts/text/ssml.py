@@ -41,7 +41,7 @@ from typing import Optional, Union
 from xml.etree.ElementTree import ParseError, TreeBuilder
 
 from ..errors import SsmlError
-from .markup import Span, check_readings, is_hanzi, parse_inline
+from .markup import Span, check_readings, is_hanzi, parse_inline, syllables
 from .numbers import read_digits, read_number
 
 SSML_NS = "http://www.w3.org/2001/10/synthesis"
@@ -255,7 +255,7 @@ def _phoneme(elem, pos) -> Span:
     why = check_readings(hanzi, ph) if hanzi else "<phoneme> has no hanzi to read"
     if why is not None:
         raise SsmlError(f"phoneme ph={ph!r} for {hanzi!r}: {why}", *pos)
-    return Span(hanzi, readings=tuple(ph.split()))
+    return Span(hanzi, readings=syllables(ph))
 
 
 def _say_as(kind: Optional[str], fmt: Optional[str], text: str, pos) -> Optional[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ..errors import LexiconError
-from .markup import check_readings
+from .markup import check_readings, syllables
 
 _entries: dict[str, tuple[str, ...]] = {}
 
@@ -48,9 +48,9 @@ def parse_lexicon(text: str, source: str = "lexicon") -> dict[str, tuple[str, ..
         why = check_readings(word, ph)
         if why is not None:
             raise LexiconError(f"{where}: {why}")
-        if word in out and out[word] != tuple(ph.split()):
+        if word in out and out[word] != syllables(ph):
             raise LexiconError(f"{where}: {word!r} already has a reading on line {first_line[word]}")
-        out[word] = tuple(ph.split())
+        out[word] = syllables(ph)
         first_line.setdefault(word, number)
     return out
 
