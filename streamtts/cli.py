@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -156,13 +158,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         queue_timeout_s=args.queue_timeout, max_batch=args.max_batch,
         wyoming_port=args.wyoming_port, wyoming_host=args.wyoming_host,
         lexicon=Path(args.lexicon) if args.lexicon else None)
+    config = replace(config, max_lead_s=args.max_lead, drain_timeout_s=args.drain_timeout)
     logging.getLogger("streamtts").setLevel(logging.INFO)
     print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}, vocoder {args.vocoder}; "
-          "Ctrl-C stops)", flush=True)
+          f"Ctrl-C or SIGTERM drains for up to {args.drain_timeout:g} s, then stops)", flush=True)
     if args.wyoming_port is not None:
         print(f"Wyoming (Home Assistant) on tcp://{args.wyoming_host or args.host}:{args.wyoming_port}", flush=True)
     serve(config)
-    return 0
+    # Drained and closed. Tearing down the interpreter (the engines' native libraries) takes
+    # seconds that a supervisor waiting on SIGTERM should not wait: nothing is left to flush.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _cmd_say(args: argparse.Namespace) -> int:
@@ -262,12 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-timeout", type=float, default=30.0, metavar="S",
                    help="longest wait in the queue before server_busy (default 30 s)")
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="rows in one decoder call (default 64)")
+    p.add_argument("--max-lead", type=float, default=2.0, metavar="S",
+                   help="audio a stream may run ahead of its listener's real-time clock (default 2 s; 0: "
+                        "no pacing): a cancel reaches a real-time player after at most this much audio")
+    p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM/SIGINT, time active utterances get to finish (default 10 s)")
     p.add_argument("--api-key", action="extend", nargs="+", metavar="K",
                    help="accepted API key(s); none: no authentication")
     p.add_argument("--max-sessions", type=int, default=64, metavar="N",
                    help="open WebSocket sessions (queued included) + HTTP speech requests (default 64)")
     p.add_argument("--allowed-origin", action="extend", nargs="+", metavar="O",
-                   help="browser Origin(s) allowed, e.g. https://example.com; none: any")
+                   help="browser Origin(s) allowed besides the server's own page, e.g. https://example.com, "
+                        "or * for any page (default: only the server's own page and non-browser clients)")
     p.add_argument("--prewarm", metavar="FILE", help="phrases (one a line) to synthesize into the cache at start")
     p.add_argument("--cache-mb", type=float, default=64, help="phrase cache size in MiB (default 64; 0: off)")
     p.add_argument("--max-session-chars", type=int, default=100_000, help="text per session (default 100000)")

@@ -35,6 +35,7 @@ import numpy as np
 
 from streamtts.codec import FORMATS, NATIVE_RATE, SAMPLE_RATES, AudioEncoder, mulaw_decode, mulaw_encode
 from streamtts.core.outputs import SpokenSegment
+from streamtts.core.pacing import Pacer
 from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.errors import StreamTTSError
 from streamtts.voices import resolve_voice
@@ -48,8 +49,9 @@ __all__ = [
 
 
 # WebSocket close code for each fatal error (RFC 6455 section 7.4.1).
-CLOSE_CODES = {"too_many_sessions": 1013, "server_busy": 1013, "engine_unavailable": 1011, "internal": 1011, "message_too_large": 1009,
-               "bad_utf8": 1007, "idle_timeout": 1001, "unauthorized": 1008, "rate_limited": 1008}
+CLOSE_CODES = {"too_many_sessions": 1013, "server_busy": 1013, "engine_unavailable": 1011, "internal": 1011,
+               "message_too_large": 1009, "bad_utf8": 1007, "idle_timeout": 1001, "going_away": 1001,
+               "unauthorized": 1008, "rate_limited": 1008, "outbox_full": 1008, "too_many_errors": 1008}
 MAX_SEED = 2**31 - 1
 _DONE = object()  # outbox placeholder of the `done` message
 
@@ -89,6 +91,11 @@ class Limits:
     max_session_chars: int = 100_000  # all `text` of one session
     rate: float = 60.0  # client messages per second, sustained (token bucket) ...
     burst: float = 120.0  # ... and in a burst
+    # Bytes (audio and JSON) queued for a client that does not read: past this the session is
+    # closed (`outbox_full`). Audio alone stays far below it (flow control pauses synthesis at
+    # max_buffered_s), so only a client that sends and never reads reaches it.
+    max_outbox_bytes: int = 2 * 1024 * 1024
+    max_error_streak: int = 100  # client messages in a row answered with an error: then closed
 
 
 @dataclass(frozen=True)
@@ -151,15 +158,15 @@ def _number(value, what: str, code: str) -> float:
 def parse_options(msg: dict) -> Options:
     """Options of a `start` message (all fields optional; unknown fields ignored)."""
     voice = msg.get("voice")
-    if voice is not None and not isinstance(voice, (str, dict)):  # dict: a blend {"Aiyue": 0.7, ...}
+    if "voice" in msg and not isinstance(voice, (str, dict)):  # dict: a blend {"Aiyue": 0.7, ...}; null is a wrong type too
         raise ProtocolError("bad_message", "voice must be a string or an object {voice: weight}")
     try:
         voice = resolve_voice(voice)
     except StreamTTSError as exc:
         raise ProtocolError(exc.code, exc.message) from None
     fmt = msg.get("format", "pcm_s16le")
-    if fmt not in FORMATS:
-        raise ProtocolError("unknown_format", f"unknown format {fmt!r}; the formats are: {', '.join(FORMATS)}")
+    if not isinstance(fmt, str) or fmt not in FORMATS:  # a list or object is unhashable: test the type first
+        raise ProtocolError("unknown_format", f"unknown format {fmt!r:.60}; the formats are: {', '.join(FORMATS)}")
     rate = msg.get("sample_rate")
     if rate is None:
         rate = 8000 if fmt == "mulaw" else NATIVE_RATE
@@ -231,14 +238,22 @@ def check_text(text, max_chars: int) -> str:
     return text
 
 
+class _Dropped(Exception):
+    """A message dropped by the rate limit (its error, once per run, is already queued)."""
+
+
 class Session:
     """One WebSocket session's protocol state machine; see the module docstring."""
 
     def __init__(self, limits: Optional[Limits] = None, session_id: Optional[str] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, pacer: Optional[Pacer] = None):
         self.limits = limits or Limits()
         self.id = session_id or uuid.uuid4().hex[:16]
         self.clock = clock
+        self.pacer = pacer  # holds audio back while the listener is max_lead_s behind (None: never)
+        self.valid_at = clock()  # when the last valid client message came (the idle timer)
+        self.error_streak = 0  # client messages in a row answered with an error
+        self.outbox_bytes = 0  # everything queued, JSON included (bounded by max_outbox_bytes)
         self.state = State.NEW
         self.options: Optional[Options] = None
         self.generation = 0
@@ -266,17 +281,34 @@ class Session:
     def receive_text(self, data: Union[str, bytes]) -> list[Event]:
         """A text frame (str, or its raw UTF-8 bytes). Returns the events for the server."""
         try:
-            return self._receive(data)
-        except ProtocolError as exc:
-            self._error(exc.code, exc.message, exc.fatal)
+            events = self._receive(data)
+        except _Dropped:  # over the rate limit: not spoken, and not a sign of life
             return []
+        except ProtocolError as exc:
+            self._client_error(exc.code, exc.message, exc.fatal)
+            return []
+        if self.state is not State.CLOSED or events:
+            self.valid_at = self.clock()
+            self.error_streak = 0
+        return events
 
     def receive_bytes(self, data: bytes) -> list[Event]:
         """A binary frame: never valid from a client."""
         if self.state is State.CLOSED or not self._admit():
             return []
-        self._error("binary_not_allowed", "send JSON text frames; binary frames are not accepted")
+        self._client_error("binary_not_allowed", "send JSON text frames; binary frames are not accepted")
         return []
+
+    def _client_error(self, code: str, message: str, fatal: bool = False) -> None:
+        self._error(code, message, fatal)
+        self.error_streak += 1
+        if self.error_streak >= self.limits.max_error_streak and self.state is not State.CLOSED:
+            self._error("too_many_errors", f"{self.error_streak} messages in a row were errors; closing",
+                        fatal=True)
+
+    def idle_s(self, now: Optional[float] = None) -> float:
+        """Seconds since the last valid client message (invalid ones do not keep a session open)."""
+        return (self.clock() if now is None else now) - self.valid_at
 
     def queued(self, position: int) -> None:
         """The server is at capacity: this session waits, ``position`` sessions ahead (0: next)."""
@@ -284,9 +316,21 @@ class Session:
             self._queue({"type": "queued", "position": int(position)})
 
     def fail(self, code: str, message: str) -> None:
-        """End the session with a fatal error (server-detected: too many sessions, bug, ...)."""
+        """End the session with a fatal error (server-detected: too many sessions, bug, going
+        away, ...). Audio and segments not yet sent are dropped: the error goes out next."""
         if self.state is not State.CLOSED:
+            self._drop_unsent()
             self._error(code, message, fatal=True)
+
+    def _drop_unsent(self) -> int:
+        """Remove queued audio and segments (not other JSON); returns the audio bytes dropped."""
+        dropped = sum(len(m) for m in self._outbox if isinstance(m, (bytes, bytearray)))
+        kept = deque(m for m in self._outbox if m is _DONE or isinstance(m, dict) and m.get("type") != "segment")
+        self.outbox_bytes -= dropped + sum(_json_size(m) for m in self._outbox
+                                           if isinstance(m, dict) and m.get("type") == "segment")
+        self._outbox = kept
+        self.buffered_bytes = 0
+        return dropped
 
     def _admit(self) -> bool:
         if self._bucket.take():
@@ -299,8 +343,10 @@ class Session:
         return False
 
     def _receive(self, data: Union[str, bytes]) -> list[Event]:
-        if self.state is State.CLOSED or not self._admit():
+        if self.state is State.CLOSED:
             return []
+        if not self._admit():
+            raise _Dropped
         size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
         if size > self.limits.max_message_bytes:
             raise ProtocolError("message_too_large", f"message of {size} bytes; at most {self.limits.max_message_bytes}")
@@ -364,12 +410,10 @@ class Session:
     def _on_cancel(self, msg: dict) -> list[Event]:
         events = self._implicit_start()
         self.generation += 1
-        kept = deque(m for m in self._outbox if m is _DONE or isinstance(m, dict) and m.get("type") != "segment")
         # audio dropped from the outbox was never sent: positions count samples sent
-        dropped = sum(len(m) for m in self._outbox if isinstance(m, (bytes, bytearray)))
-        self._position -= dropped // self.encoder.sample_width
-        self._outbox = kept
-        self.buffered_bytes = 0
+        self._position -= self._drop_unsent() // self.encoder.sample_width
+        if self.pacer is not None:
+            self.pacer.reset()  # the client drops what it holds of the cancelled speech
         self._ttfa_pending = False
         self._ttfa_start = None
         self._ttfa_armed = True
@@ -431,16 +475,19 @@ class Session:
             return
         self._queue_audio(self.encoder.encode(np.zeros(0, np.float32), last=True))
         self._outbox.append(_DONE)  # filled in when sent: ttfa is known once the audio has gone
+        self.outbox_bytes += _json_size(_DONE)
         self.state = State.CLOSED
         self.close_code = 1000
 
     # ---- outbox -----------------------------------------------------------------------------
 
     def next_to_send(self) -> Optional[Outgoing]:
-        """The next message to send (dict: JSON text frame; bytes: binary frame), or None."""
-        if not self._outbox:
+        """The next message to send (dict: JSON text frame; bytes: binary frame), or None: nothing
+        queued, or audio held back by pacing (then :meth:`send_wait_s` > 0)."""
+        if not self._outbox or self.send_wait_s() > 0:
             return None
         item = self._outbox.popleft()
+        self.outbox_bytes -= len(item) if isinstance(item, bytes) else _json_size(item)
         if item is _DONE:
             seconds = self.native_samples / NATIVE_RATE
             return {"type": "done", "ttfa_ms": None if self.ttfa_s is None else round(1000.0 * self.ttfa_s, 1),
@@ -449,6 +496,8 @@ class Session:
         if isinstance(item, bytes):
             self.buffered_bytes -= len(item)
             self.samples_sent += len(item) // self.encoder.sample_width
+            if self.pacer is not None:
+                self.pacer.sent(self._seconds(len(item)), self.clock())
             if self._ttfa_pending:
                 ttfa = self.clock() - self._ttfa_start
                 self.ttfa_observed.append(ttfa)
@@ -458,15 +507,41 @@ class Session:
                 self._ttfa_start = None
         return item
 
+    def send_wait_s(self) -> float:
+        """Seconds until the queued audio may be sent (0: the next message may go now)."""
+        if self.pacer is None or not self._outbox or not isinstance(self._outbox[0], bytes):
+            return 0.0
+        return self.pacer.wait_s(self.clock(), self._seconds(len(self._outbox[0])))
+
+    @property
+    def has_outgoing(self) -> bool:
+        return bool(self._outbox)
+
+    def _seconds(self, n_bytes: int) -> float:
+        return n_bytes / (self.encoder.sample_width * self.options.sample_rate)
+
     @property
     def buffered_seconds(self) -> float:
         """Seconds of audio queued and not yet handed to the socket (for backpressure)."""
         if self.encoder is None:
             return 0.0
-        return self.buffered_bytes / (self.encoder.sample_width * self.options.sample_rate)
+        return self._seconds(self.buffered_bytes)
 
     def _queue(self, msg: dict) -> None:
         self._outbox.append(msg)
+        self.outbox_bytes += _json_size(msg)
+        self._check_outbox()
+
+    def _check_outbox(self) -> None:
+        """A client that does not read while it sends (say, errors) must not grow the server."""
+        if self.outbox_bytes <= self.limits.max_outbox_bytes or self.state is State.CLOSED:
+            return
+        self._outbox.clear()
+        self.outbox_bytes = self.buffered_bytes = 0
+        self.state = State.CLOSED
+        self.close_code = CLOSE_CODES["outbox_full"]
+        self._queue(error_message("outbox_full", f"more than {self.limits.max_outbox_bytes} bytes are waiting "
+                                                 "for this client, which does not read; closing", fatal=True))
 
     def _queue_audio(self, data: bytes) -> None:
         if not data:
@@ -475,10 +550,19 @@ class Session:
             self._ttfa_pending = True
         self._position += len(data) // self.encoder.sample_width
         self.buffered_bytes += len(data)
+        self.outbox_bytes += len(data)
         self._outbox.append(data)
+        self._check_outbox()
 
     def _error(self, code: str, message: str, fatal: bool = False) -> None:
         self._queue(error_message(code, message, fatal))
         if fatal:
             self.state = State.CLOSED
             self.close_code = CLOSE_CODES.get(code, 1008)
+
+
+def _json_size(msg) -> int:
+    """Bytes a queued JSON message takes on the wire (`done` is filled in when sent: its bound)."""
+    if msg is _DONE:
+        return 128
+    return len(json.dumps(msg, ensure_ascii=False).encode("utf-8", "surrogatepass"))

@@ -45,8 +45,8 @@ def shared_engine(pack):
 class ServerThread:
     """create_app(config, engine) served by a real AppRunner on 127.0.0.1:<free port>, in a thread."""
 
-    def __init__(self, config: ServerConfig, engine):
-        self.config, self.engine = config, engine
+    def __init__(self, config: ServerConfig, engine, wait_ready: bool = True):
+        self.config, self.engine, self.wait_ready = config, engine, wait_ready
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -58,7 +58,7 @@ class ServerThread:
         self._thread.start()
         assert self._started.wait(60), "server did not start"
         deadline = time.monotonic() + 120
-        while self.get("/ready", check=False)[0] != 200:
+        while self.wait_ready and self.get("/ready", check=False)[0] != 200:
             assert time.monotonic() < deadline, "server never became ready"
             time.sleep(0.1)
         return self

@@ -11,12 +11,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Callable, Optional
 
 from engines.base import Engine
 from streamtts.core.cache import PhraseCache
 from streamtts.core.runner import Runner
 from streamtts.core.scheduler import Plan, RunnerOutput, Scheduler, SchedulerConfig
+
+log = logging.getLogger(__name__)
 
 
 def scheduler_config_for(engine: Engine, **overrides) -> SchedulerConfig:
@@ -40,14 +44,27 @@ class SpeechEngine:
         self.scheduler.config = config or scheduler_config_for(engine)
         self.runner = Runner(engine, cache)
         self.on_tick = on_tick
+        self.busy_since: Optional[float] = None  # monotonic start of the tick running now (watchdog)
 
     def step(self, timeout: Optional[float] = 0.0) -> bool:
-        """Run one tick; False when nothing was runnable within ``timeout`` seconds."""
+        """Run one tick; False when nothing was runnable within ``timeout`` seconds.
+
+        An exception in executing or routing a plan fails the plan's requests only (``internal``);
+        one in planning itself (a policy bug: the scheduler isolates each request's part) is
+        raised, for the caller to decide whether the engine can go on."""
         plan = self.scheduler.schedule(timeout)
         if plan is None:
             return False
-        output = self.runner.execute(plan)
-        self.scheduler.update(plan, output)
+        self.busy_since = time.monotonic()
+        try:
+            output = self.runner.execute(plan)
+            self.scheduler.update(plan, output)
+        except Exception as exc:
+            log.exception("engine tick failed")
+            self.scheduler.fail_plan(plan, "internal", f"internal error in synthesis ({type(exc).__name__})")
+            return True
+        finally:
+            self.busy_since = None
         if self.on_tick is not None:
             self.on_tick(plan, output)
         return True

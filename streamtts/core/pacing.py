@@ -7,7 +7,7 @@ less than ``max_lead_s`` behind what was sent. The model is a player that starts
 audio, plays at real time and, when it runs dry, waits (an underrun does not bank time)::
 
     pacer = Pacer(max_lead_s=2.0)
-    wait = pacer.wait_s(now)        # 0: send now; else seconds until the next audio may go
+    wait = pacer.wait_s(now, secs)  # 0: send `secs` of audio now; else seconds until it may go
     pacer.sent(seconds, now)        # after handing `seconds` of audio to the transport
     pacer.lead_s(now)               # audio sent and not yet played, in seconds
 
@@ -31,11 +31,14 @@ class Pacer:
     def lead_s(self, now: float) -> float:
         return max(0.0, self._play_end - now)
 
-    def wait_s(self, now: float) -> float:
-        """Seconds to wait before more audio may be sent (0 when it may go now)."""
+    def wait_s(self, now: float, seconds: float = 0.0) -> float:
+        """Seconds to wait before ``seconds`` more audio may be sent without the lead passing
+        ``max_lead_s`` (0: send now). A piece longer than the lead itself waits for an empty
+        lead, so it goes out, only late."""
         if self.max_lead_s <= 0:
             return 0.0
-        return max(0.0, self.lead_s(now) - self.max_lead_s)
+        lead = self.lead_s(now)
+        return max(0.0, min(lead, lead + seconds - self.max_lead_s))
 
     def sent(self, seconds: float, now: float) -> None:
         """``seconds`` of audio (or silence) went to the transport at ``now``."""

@@ -28,6 +28,9 @@ Policy (why):
   decoding, no vocoding) until it reads (:meth:`flow`).
 * Cancel and close take effect at the next ``schedule()`` (within one tick) and free the
   request's runner state; a failure reported by the runner ends only that request.
+* An exception while handling one request's commands, planning or results fails that request
+  only (``internal``); :meth:`shutdown` fails them all, and every later one at once, when the
+  engine cannot go on.
 """
 
 from __future__ import annotations
@@ -140,9 +143,32 @@ class Scheduler:
         self._free: list[int] = []
         self._cond = threading.Condition()
         self._dirty = False
+        self.closed: Optional[tuple[str, str]] = None  # (code, message) once shut down
+
+    def shutdown(self, code: str, message: str) -> None:
+        """The engine cannot go on (any thread): fail every request now and every later one on
+        arrival. Requests are failed from the calling thread; a stuck engine thread that comes
+        back later finds them removed."""
+        self.closed = (code, message)
+        reqs = list(self.requests.values()) + list(self._new)
+        self._new.clear()
+        for req in reqs:
+            self._fail(req, code, message)
+        self.wake()
 
     # ---- any thread ---------------------------------------------------------------------------
+    def fail_plan(self, plan: Plan, code: str, message: str) -> None:
+        """Engine thread: a tick failed as a whole; fail the requests it concerned."""
+        ids = {b.request for b in plan.begin} | set(plan.decode) | {rid for rid, _ in plan.vocode}
+        for rid in sorted(ids):
+            req = self.requests.get(rid)
+            if req is not None:
+                self._fail(req, code, message)
+
     def add_request(self, req: Request) -> None:
+        if self.closed is not None:
+            self._fail(req, *self.closed)
+            return
         self._new.append(req)
         self.wake()
 
@@ -188,35 +214,20 @@ class Scheduler:
             req = self._new.popleft()
             self.requests[req.id] = req
         for req in list(self.requests.values()):
-            self._drain(req)
+            self._guarded(req, self._drain, req)
         plan = Plan(free=self._free)
         self._free = []
         cfg = self.config
         live = []
         for req in list(self.requests.values()):
-            if not req.has_work:
-                req.status = Status.IDLE
-                continue
-            if req.current is None and not req.chunks:  # ending, all spoken
-                self._finish(req)
-                plan.finished.append(req.id)
-                continue
-            if req.backlog_s >= cfg.max_buffered_s:
-                req.status = Status.PAUSED
-                continue
-            req.status = Status.RUNNING
-            live.append(req)
+            if self._guarded(req, self._classify, req, plan):
+                live.append(req)
         live.sort(key=lambda r: r.deadline)
         decoding: list[Request] = []
         for req in live:
-            cur = req.current
-            if cur is None:
-                chunk = req.chunks.popleft()
-                req.chunk_count += 1
-                cur = req.current = ChunkProgress(chunk, req.chunk_count - 1)
-            if cur.acoustic_done or cur.ready >= cfg.max_lead_frames or len(decoding) >= cfg.max_batch:
-                continue
-            decoding.append(req)
+            if self._guarded(req, self._wants_block, req) and len(decoding) < cfg.max_batch:
+                decoding.append(req)
+        live = [r for r in live if r.id in self.requests]
         if decoding:
             plan.steps = min(cfg.blocks.size(r.current.blocks) for r in decoding)
         for req in decoding:
@@ -227,6 +238,41 @@ class Scheduler:
             plan.decode.append(req.id)
         self._plan_vocoder(plan, live)
         return plan
+
+    def _classify(self, req: Request, plan: Plan) -> bool:
+        """Status of a request this tick; True when it has work the tick may plan."""
+        if not req.has_work:
+            req.status = Status.IDLE
+            return False
+        if req.current is None and not req.chunks:  # ending, all spoken
+            self._finish(req)
+            plan.finished.append(req.id)
+            return False
+        if req.backlog_s >= self.config.max_buffered_s:
+            req.status = Status.PAUSED
+            return False
+        req.status = Status.RUNNING
+        return True
+
+    def _wants_block(self, req: Request) -> bool:
+        """Start its next chunk if none is current; True when its chunk needs decoding now."""
+        cur = req.current
+        if cur is None:
+            chunk = req.chunks.popleft()
+            req.chunk_count += 1
+            cur = req.current = ChunkProgress(chunk, req.chunk_count - 1)
+        return not (cur.acoustic_done or cur.ready >= self.config.max_lead_frames)
+
+    def _guarded(self, req: Request, fn, *args):
+        """``fn(*args)`` for one request; an exception fails that request only (returns None)."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            log.exception("request %s failed in the scheduler", req.id)
+            if req.id in self.requests:
+                self._fail(req, "internal", f"internal error ({type(exc).__name__}); the session "
+                                            "can start again")
+            return None
 
     def _plan_vocoder(self, plan: Plan, live: list[Request]) -> None:
         """Give out the tick's vocoder budget: first to rows whose listener is about to run dry
@@ -286,33 +332,36 @@ class Scheduler:
 
     def update(self, plan: Plan, output: RunnerOutput) -> None:
         """Route a tick's results to the requests' sinks."""
-        sr = self.config.sample_rate
         for rid, res in output.rows.items():
             req = self.requests.get(rid)
             if req is None or req.current is None:
                 continue  # closed or cancelled while the tick ran: its results are dropped
-            cur = req.current
             if res.failed is not None:
                 self._fail(req, *res.failed)
                 continue
-            # the silence owed goes before the chunk's first audio, whichever tick brings it (a
-            # first block no longer than the look-ahead, or a vocoder budget spent on others)
-            if req.pause and cur.audio_frames == 0 and (res.audio or res.segment is not None):
-                self._post_audio(req, PauseOut(req.generation, req.pause), req.pause)
-                req.pause = 0
-            if rid in plan.decode:
-                cur.blocks += 1
-            cur.ready, cur.acoustic_done = res.ready, res.acoustic_done
-            share = res.compute_s / max(1, len(res.audio))
-            for audio in res.audio:
-                self._post_audio(req, AudioOut(req.generation, audio, share), len(audio))
-            cur.audio_frames += res.frames
-            if res.skipped:
-                req.current = None
-            elif res.segment is not None:
-                self._post(req, SegmentOut(req.generation, res.segment, 0.0))
-                req.current = None
-                req.pause = pause_samples(cur.chunk.pause_ms, req.speed, sr)
+            self._guarded(req, self._route, req, res, rid in plan.decode)
+
+    def _route(self, req: Request, res: RowResult, decoded: bool) -> None:
+        sr = self.config.sample_rate
+        cur = req.current
+        # the silence owed goes before the chunk's first audio, whichever tick brings it (a
+        # first block no longer than the look-ahead, or a vocoder budget spent on others)
+        if req.pause and cur.audio_frames == 0 and (res.audio or res.segment is not None):
+            self._post_audio(req, PauseOut(req.generation, req.pause), req.pause)
+            req.pause = 0
+        if decoded:
+            cur.blocks += 1
+        cur.ready, cur.acoustic_done = res.ready, res.acoustic_done
+        share = res.compute_s / max(1, len(res.audio))
+        for audio in res.audio:
+            self._post_audio(req, AudioOut(req.generation, audio, share), len(audio))
+        cur.audio_frames += res.frames
+        if res.skipped:
+            req.current = None
+        elif res.segment is not None:
+            self._post(req, SegmentOut(req.generation, res.segment, 0.0))
+            req.current = None
+            req.pause = pause_samples(cur.chunk.pause_ms, req.speed, sr)
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def _post_audio(self, req: Request, out, samples: int) -> None:

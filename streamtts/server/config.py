@@ -25,7 +25,9 @@ class ServerConfig:
     engine: str = "auto"  # torch | onnx | onnx-int8 | auto (ignored when create_app gets an engine)
     vocoder: str = "auto"  # melgan | hifigan | auto
     api_keys: tuple[str, ...] = ()  # empty: no authentication
-    allowed_origins: tuple[str, ...] = ()  # empty: any Origin; else these plus the server's own
+    # Browser pages allowed besides the server's own (WebSocket and CORS); "*": every page.
+    # Requests without an Origin header (not from a browser) are always allowed.
+    allowed_origins: tuple[str, ...] = ()
     max_sessions: int = 64  # open WebSocket sessions (queued ones included) + HTTP speech requests
     # Streams admitted at once (0: measured at start from the engine's speed). Beyond it a
     # WebSocket session waits in a queue of `queue_size` (told its position) for up to
@@ -39,12 +41,17 @@ class ServerConfig:
     max_frame_bytes: int = 4 * 1024 * 1024  # WebSocket frames beyond this close the socket (1009)
     request_rate: float = 10.0  # new sessions/requests per second per API key (or client IP) ...
     request_burst: float = 20.0  # ... and in a burst
+    # Failed authentications (401) per client IP: past the burst, requests that need a key get
+    # 429 until the bucket refills (one more try every 1/rate s), whatever key they bring.
+    auth_failure_rate: float = 0.1
+    auth_failure_burst: float = 10.0
     max_input_chars: int = 4096  # `input` of POST /v1/audio/speech (OpenAI's limit)
     max_buffered_s: float = 5.0  # audio a session may have waiting for its client before it pauses
     # Audio a stream may be ahead of its listener's real-time clock (see streamtts/core/pacing.py);
     # a cancel reaches a playback-speed reader after at most this much audio. <= 0: no pacing.
     max_lead_s: float = 2.0
     drain_timeout_s: float = 10.0  # on SIGTERM/SIGINT: time active utterances get to finish
+    tick_deadline_s: float = 30.0  # an engine tick running longer means the engine is stuck
     idle_timeout_s: float = 300.0  # a WebSocket with no client message for this long is closed
     cache_bytes: int = 64 * 1024 * 1024  # phrase cache size (0: no cache)
     prewarm: Optional[Path] = None  # file of phrases (one a line) synthesized into the cache at start

@@ -47,6 +47,9 @@ class Metrics:
         self.tick_seconds = Histogram("streamtts_tick_seconds", "Wall time of one engine tick (decode + vocode)",
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("streamtts_ready", "1 once the engine is loaded and warm", registry=r)
+        self.engine_failed = Gauge("streamtts_engine_failed", "1 when the engine failed to load, crashed or "
+                                   "stalled (then /ready is 503 and sessions get engine_unavailable)", registry=r)
+        self.draining = Gauge("streamtts_draining", "1 while shutting down (refusing new work)", registry=r)
         # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux /proc; nothing elsewhere):
         # what a soak (streamtts loadtest) watches for growth
         ProcessCollector(registry=r)

@@ -26,13 +26,16 @@ class ServerState:
     guard: Guard
     admission: Admission
     sockets: set = field(default_factory=set)  # open WebSockets, closed at shutdown
+    connections: set = field(default_factory=set)  # their ws.Connection objects (for the drain)
+    http_tasks: set = field(default_factory=set)  # tasks of HTTP speech streams in flight
+    draining: bool = False  # SIGTERM/SIGINT: refusing new work, letting active utterances finish
 
 
 STATE = web.AppKey("streamtts_state", ServerState)
 
 
 def engine_unavailable(state: ServerState) -> str:
-    return f"the engine failed to load: {state.worker.failure}"
+    return f"the engine is unavailable: {state.worker.failure}"
 
 
 def admission_metrics(state: ServerState) -> None:

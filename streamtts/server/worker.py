@@ -3,7 +3,7 @@ the event loop.
 
     worker = Worker(scheduler, config, cache, metrics, engine=None)   # engine None: per config
     worker.start()            # loads, warms up, prewarms the cache, measures capacity, serves
-    worker.ready.is_set()     # True once it serves; worker.failure holds the error if loading failed
+    worker.ready.is_set()     # True once it serves; worker.failure holds why it cannot (load, crash, stall)
     worker.capacity           # streams it can keep at real time (configured, or measured at start)
     worker.stop()             # ends the thread (joins it)
 """
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 CAPACITY_UTILIZATION = 0.8
 CALIBRATION_TEXT = "今天天气很好，我们一起去公园散步吧。欢迎使用流式语音合成。"
 CALIBRATION_STREAMS = 4
+# Ticks in a row that raise out of planning (a policy bug) before the engine is declared broken.
+MAX_FAILED_TICKS = 3
 
 
 def load_engine(name: str, vocoder: str = "auto") -> Engine:
@@ -87,14 +89,17 @@ class Worker:
         self.core: Optional[SpeechEngine] = None
         self.capacity = config.capacity or 0
         self._hits = self._misses = 0
-        self.on_ready: Optional[Callable[[], None]] = None  # called in this thread once it serves
+        # called once it serves, or once it cannot (load failure, crash, stall): see `failure`
+        self.on_ready: Optional[Callable[[], None]] = None
         self.ready = threading.Event()
         self.failure: Optional[str] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="streamtts-engine", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="streamtts-watchdog", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._watchdog.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -107,10 +112,7 @@ class Worker:
             self._load()
         except Exception as exc:  # the server stays up and says so on /ready
             log.exception("engine failed to load")
-            self.failure = f"{type(exc).__name__}: {exc}"
-            self.scheduler.wake()
-            if self.on_ready is not None:
-                self.on_ready()
+            self._give_up(f"failed to load: {type(exc).__name__}: {exc}")
             return
         self.ready.set()
         if self.metrics is not None:
@@ -118,8 +120,50 @@ class Worker:
             self.metrics.capacity.set(self.capacity)
         if self.on_ready is not None:
             self.on_ready()
-        while not self._stop.is_set():
-            self.core.step(timeout=0.5)
+        try:
+            self._serve()
+        except BaseException as exc:  # nothing may end this thread unnoticed
+            self._give_up(f"the engine thread stopped: {type(exc).__name__}: {exc}")
+            raise
+
+    def _serve(self) -> None:
+        failed = 0
+        while not self._stop.is_set() and self.failure is None:
+            try:
+                self.core.step(timeout=0.5)
+                failed = 0
+            except Exception as exc:
+                failed += 1
+                log.exception("engine tick failed (%d in a row)", failed)
+                if failed >= MAX_FAILED_TICKS:
+                    self._give_up(f"{failed} engine ticks in a row failed: {type(exc).__name__}: {exc}")
+
+    def _watch(self) -> None:
+        """A tick running past ``tick_deadline_s`` means the engine hangs: give up on it (the
+        thread cannot be killed, but nobody waits on it any more)."""
+        deadline = self.config.tick_deadline_s
+        while not self._stop.wait(min(1.0, deadline / 4)):
+            core = self.core  # loading's first calls may be slow: only a serving engine is watched
+            since = core.busy_since if core is not None and self.ready.is_set() else None
+            if since is not None and time.monotonic() - since > deadline and self.failure is None:
+                log.error("engine tick running for more than %g s: the engine is stuck", deadline)
+                self._give_up(f"an engine tick ran for more than {deadline:g} s")
+            if self.failure is not None:
+                return
+
+    def _give_up(self, reason: str) -> None:
+        """The engine cannot serve: every request and session waiting on it gets a typed error
+        (``engine_unavailable``), ``/ready`` answers 503 and ``/metrics`` shows it."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        self.ready.clear()
+        if self.metrics is not None:
+            self.metrics.ready.set(0)
+            self.metrics.engine_failed.set(1)
+        self.scheduler.shutdown("engine_unavailable", f"the engine is unavailable: {reason}")
+        if self.on_ready is not None:  # the server lets queued sessions in, to tell them
+            self.on_ready()
 
     def _load(self) -> None:
         cfg = self.config

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+from typing import Optional
 
 from aiohttp import WSMsgType, web
 
 from streamtts.constants import NATIVE_RATE
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
+from streamtts.core.pacing import Pacer
 from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request
 from streamtts.protocol import (CancelEvent, EndEvent, FlushEvent, Session, StartEvent, State, TextEvent,
                                 error_message)
@@ -25,6 +28,19 @@ from streamtts.server.state import STATE, ServerState, admission_metrics, engine
 log = logging.getLogger(__name__)
 
 _FLUSH_TIMEOUT_S = 30.0  # after done or a fatal error: time to hand the rest to a slow client
+# The kernel's send buffer of a streaming socket. Linux autotunes it up to megabytes (minutes of
+# audio) for a client that reads slowly; a cancel or a pong would queue behind all of that.
+# Pacing keeps a real-time reader within max_lead_s; this caps what a slower one can park there.
+SEND_BUFFER_BYTES = 64 * 1024
+
+
+def cap_send_buffer(request: web.Request, size: int = SEND_BUFFER_BYTES) -> None:
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        except OSError as exc:  # not a TCP socket (a test transport, say): nothing to cap
+            log.debug("SO_SNDBUF not set: %s", exc)
 
 
 def _refusal(status: int, code: str, message: str, state: ServerState) -> web.Response:
@@ -57,20 +73,24 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     if not guard.admit_request(request):
         return _refusal(429, "rate_limited", "too many new sessions for this key; try again shortly", state)
     await ws.prepare(request)
+    cap_send_buffer(request)
     with guard.session() as admitted:
-        session = Session(limits=state.config.limits)
+        lead = state.config.max_lead_s
+        session = Session(limits=state.config.limits, pacer=Pacer(lead) if lead > 0 else None)
         if not admitted:
             session.fail("too_many_sessions", f"the server is at its limit of {state.config.max_sessions} "
                                               "sessions; try again later")
         elif state.worker.failure is not None:
             session.fail("engine_unavailable", engine_unavailable(state))
-        await Connection(state, ws, session).run()
+        await Connection(state, ws, session, request.transport).run()
     return ws
 
 
 class Connection:
-    def __init__(self, state: ServerState, ws: web.WebSocketResponse, session: Session):
-        self.state, self.ws, self.session = state, ws, session
+    def __init__(self, state: ServerState, ws: web.WebSocketResponse, session: Session, transport=None):
+        self.state, self.ws, self.session, self.transport = state, ws, session, transport
+        self._waiting: Optional[asyncio.Task] = None  # the wait for an admission slot
+        self._kicked = False  # that wait was cancelled by going_away
         self.scheduler = state.scheduler
         self.metrics = state.metrics
         self.job: Request | None = None
@@ -79,12 +99,18 @@ class Connection:
 
     async def run(self) -> None:
         self.state.sockets.add(self.ws)
+        self.state.connections.add(self)
         gauge = self.metrics.active_sessions.labels(api="ws")
         gauge.inc()
         sender = asyncio.create_task(self._send_loop())
         try:
             if self.session.state is not State.CLOSED:
-                await self._admitted_session()
+                self._waiting = asyncio.ensure_future(self._admitted_session())
+                try:
+                    await self._waiting
+                except asyncio.CancelledError:
+                    if not self._kicked:
+                        raise  # this handler itself is cancelled
             self.wakeup.set()
             if self.session.state is State.CLOSED and not sender.done():
                 await asyncio.wait({sender}, timeout=_FLUSH_TIMEOUT_S)
@@ -94,14 +120,19 @@ class Connection:
                 self.scheduler.command(self.job, CLOSE)  # frees its work at once
             gauge.dec()
             self.state.sockets.discard(self.ws)
+            self.state.connections.discard(self)
             if not self.ws.closed:
-                await self.ws.close(code=self.session.close_code or 1000)
+                try:  # a client that does not read cannot take the close frame: drop it
+                    await asyncio.wait_for(self.ws.close(code=self.session.close_code or 1000), 2.0)
+                except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                    self.abort()
 
     async def _admitted_session(self) -> None:
         """Wait for a stream slot (queued, told its position), then serve the client."""
         admission = self.state.admission
         try:
             async with admission.slot(on_position=self._queued):
+                self._waiting = None  # admitted: from here the session ends by its protocol
                 admission_metrics(self.state)
                 if self.state.worker.failure is not None:
                     self.session.fail("engine_unavailable", engine_unavailable(self.state))
@@ -123,13 +154,18 @@ class Connection:
     async def _receive_loop(self) -> None:
         idle = self.state.config.idle_timeout_s
         while self.session.state is not State.CLOSED:
-            try:
-                msg = await self.ws.receive(timeout=idle)
-            except asyncio.TimeoutError:
-                if self._busy():
-                    continue  # listening to a long text is not idling
-                self.session.fail("idle_timeout", f"no message for {idle:g} s")
+            left = idle - self.session.idle_s()
+            if left <= 0:
+                if self._busy():  # listening to a long text is not idling
+                    self.session.valid_at = self.session.clock()
+                    continue
+                self.session.fail("idle_timeout", f"no valid message for {idle:g} s")
+                self.wakeup.set()
                 return
+            try:
+                msg = await self.ws.receive(timeout=left)
+            except asyncio.TimeoutError:
+                continue
             if msg.type is WSMsgType.TEXT:
                 events = self.session.receive_text(msg.data)
             elif msg.type is WSMsgType.BINARY:
@@ -144,8 +180,27 @@ class Connection:
             self.wakeup.set()
 
     def _busy(self) -> bool:
+        """Audio of this session is being made or is on its way to the client."""
         job = self.job
-        return job is not None and (job.has_work or job.backlog_s > 0)
+        return job is not None and (job.has_work or job.backlog_s > 0 or bool(job.inbox)
+                                    or self.session.has_outgoing)
+
+    def active(self) -> bool:
+        """An utterance is under way: audio on its way, or text waiting for its sentence's end."""
+        return self._busy() or (self.job is not None and bool(self.job.chunker.pending))
+
+    def going_away(self, message: str) -> None:
+        """Server shutdown: end the session now (fatal `going_away`, close code 1001)."""
+        self.session.fail("going_away", message)
+        if self._waiting is not None:  # still queued for a slot: stop waiting
+            self._kicked = True
+            self._waiting.cancel()
+        self.wakeup.set()
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake (a client that does not read)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
 
     def _dispatch(self, event) -> None:
         if isinstance(event, StartEvent):
@@ -192,11 +247,15 @@ class Connection:
             while True:
                 item = session.next_to_send()
                 if item is None:
-                    if session.state is State.CLOSED:
+                    if session.state is State.CLOSED and not session.has_outgoing:
                         await ws.close(code=session.close_code or 1000)
                         return
                     self.wakeup.clear()
-                    await self.wakeup.wait()
+                    wait = session.send_wait_s()  # > 0: audio held back by pacing
+                    try:
+                        await asyncio.wait_for(self.wakeup.wait(), timeout=wait or None)
+                    except asyncio.TimeoutError:
+                        pass
                     continue
                 if isinstance(item, bytes):
                     await ws.send_bytes(item)
