@@ -562,10 +562,10 @@ def test_a_read_racing_the_pause_decision_still_wakes_the_engine():
         h.sched.flow(req)
 
     req.race = consumer_reads
-    t0 = time.monotonic()
-    plan = h.sched.schedule(timeout=3.0)
+    t0, timeout = time.monotonic(), 3.0
+    plan = h.sched.schedule(timeout=timeout)
     assert plan is not None and req.id in plan.decode + [rid for rid, _ in plan.vocode]
-    assert time.monotonic() - t0 < 1.5  # woken by the read, not by the timeout
+    assert time.monotonic() - t0 < timeout / 2  # woken by the read, not by the timeout
     h.sched.update(plan, h.fake.execute(plan))
     while req.status is not Status.FINISHED:
         req.delivered(req.backlog_s)
@@ -624,7 +624,7 @@ def test_schedule_returns_none_promptly_when_nothing_is_runnable():
     req = h.request()
     h.say(req, "没有句号", end=False)  # text, but no complete chunk
     assert h.sched.schedule(timeout=0.05) is None
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 20 * 0.05  # the timeout, not a hang (generous for a busy machine)
     assert req.status is Status.IDLE
 
 
