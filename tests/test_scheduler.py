@@ -739,3 +739,47 @@ def test_random_interleavings_end_every_request_once(ops, max_batch, vocode_fram
             elif isinstance(o, PauseOut):
                 assert isinstance(last, SegmentOut)
             last = o
+
+
+# ---- faults in the scheduler itself ---------------------------------------------------------------
+
+class ExplodingChunker:
+    """A chunker that raises on a given text (a bug reached by one request's input)."""
+
+    def __init__(self, inner, bad: str):
+        self.inner, self.bad = inner, bad
+
+    def push(self, text):
+        if self.bad in text:
+            raise ValueError("chunker bug")
+        return self.inner.push(text)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_an_exception_in_scheduling_fails_only_that_request():
+    h = Harness()
+    bad, good = h.request(), h.request()
+    bad.chunker = ExplodingChunker(bad.chunker, "炸")
+    h.say(bad, "这句话会炸。")
+    h.say(good, "这句话说完。")
+    h.run()
+    assert isinstance(h.outs[bad.id][-1], FailedOut) and h.outs[bad.id][-1].code == "internal"
+    assert bad.status is Status.FAILED and bad.id not in h.sched.requests
+    assert h.heard(good) == h.speech("这句话说完。")
+
+
+def test_shutdown_fails_every_request_now_and_later():
+    h = Harness()
+    running, idle = h.request(), h.request()
+    h.say(running, "这是一段很长的话" * 6 + "。")
+    h.tick()
+    h.sched.shutdown("engine_unavailable", "stuck")
+    late = h.request()
+    for req in (running, idle, late):
+        assert isinstance(h.outs[req.id][-1], FailedOut) and h.outs[req.id][-1].code == "engine_unavailable"
+        assert req.status is Status.FAILED
+    assert not h.sched.requests
+    h.run()  # one more tick frees the runner's state of the running one; then nothing
+    assert h.fake.plans[-1].free == [running.id] and not h.fake.rows
