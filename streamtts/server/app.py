@@ -22,7 +22,7 @@ from streamtts.core.cache import PhraseCache
 from streamtts.core.scheduler import Scheduler
 from streamtts.server.admission import Admission
 from streamtts.server.config import ServerConfig
-from streamtts.server.limits import Guard
+from streamtts.server.limits import Guard, guard_middleware, redact_secrets_in_logs
 from streamtts.server.metrics import Metrics
 from streamtts.server.speech_api import OPENAI_VOICES, speech_handler
 from streamtts.server.state import STATE, ServerState, openai_error
@@ -39,6 +39,7 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
     """A new server application. The worker thread starts with the app (on_startup) and loads
     ``engine`` or ``config.engine``; ``/ready`` answers 200 once it is warm."""
     config = config or ServerConfig()
+    redact_secrets_in_logs()  # a key in ?api_key= must not reach a log line (aiohttp logs request lines)
     if config.lexicon is not None:  # the frontend is process-wide, and so is its user lexicon
         from streamtts.text.userlex import load_lexicon, set_user_lexicon
 
@@ -51,7 +52,7 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
     admission = Admission(config.capacity or 1, config.queue_size, config.queue_timeout_s)
     state = ServerState(config, metrics, cache, scheduler, worker, Guard(config), admission)
 
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_cors])
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_cors, guard_middleware])
     app[STATE] = state
     app.router.add_get("/v1/stream", stream_handler)
     app.router.add_post("/v1/audio/speech", speech_handler)
