@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +27,7 @@ from streamtts.server.config import ServerConfig
 from streamtts.server.limits import Guard, guard_middleware, redact_secrets_in_logs
 from streamtts.server.metrics import Metrics
 from streamtts.server.speech_api import OPENAI_VOICES, speech_handler
+from streamtts.protocol import error_message
 from streamtts.server.state import STATE, ServerState, openai_error
 from streamtts.server.worker import Worker
 from streamtts.server.ws import stream_handler
@@ -52,7 +55,7 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
     admission = Admission(config.capacity or 1, config.queue_size, config.queue_timeout_s)
     state = ServerState(config, metrics, cache, scheduler, worker, Guard(config), admission)
 
-    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_cors, guard_middleware])
+    app = web.Application(client_max_size=_MAX_BODY, middlewares=[_gate, _cors, guard_middleware])
     app[STATE] = state
     app.router.add_get("/v1/stream", stream_handler)
     app.router.add_post("/v1/audio/speech", speech_handler)
@@ -74,9 +77,70 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
 
 
 def serve(config: ServerConfig, engine: Optional[Engine] = None) -> None:
-    """Run the server until interrupted (blocking)."""
-    web.run_app(create_app(config, engine), host=config.host, port=config.port,
-                print=None, access_log=None)
+    """Run the server until SIGTERM or SIGINT (blocking), then drain (:func:`drain`) and return."""
+    asyncio.run(_serve(config, engine))
+
+
+async def _serve(config: ServerConfig, engine: Optional[Engine]) -> None:
+    app = create_app(config, engine)
+    # handlers still running after the drain are cancelled after this grace
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: new work is refused; active utterances get %g s", config.drain_timeout_s)
+        await drain(app, config.drain_timeout_s)
+        log.info("drained")
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
+
+
+_GOING_AWAY = "the server is shutting down"
+
+
+def _wyoming_key():
+    from streamtts.server.wyoming import WYOMING  # only loaded when Wyoming is served
+
+    return WYOMING
+
+
+async def drain(app: web.Application, timeout_s: float) -> None:
+    """Stop taking work at once (``/ready`` 503; new sessions and requests get ``going_away``),
+    let active utterances finish for up to ``timeout_s``, then end what is left: WebSocket
+    sessions get a fatal ``going_away`` (close 1001), HTTP streams are cut. Sessions with no
+    utterance under way (idle, or waiting for a slot) are ended at once."""
+    state = app[STATE]
+    state.draining = True
+    state.metrics.draining.set(1)
+    wyoming = app.get(_wyoming_key())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for conn in list(state.connections):
+            if not conn.active():
+                conn.going_away(_GOING_AWAY)
+        wyoming_busy = wyoming is not None and wyoming.drain_step()
+        if not (state.connections or state.http_tasks or wyoming_busy) or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    for conn in list(state.connections):
+        conn.going_away(f"{_GOING_AWAY} (drain timeout of {timeout_s:g} s)")
+    if wyoming is not None:
+        wyoming.drain_step(final=True)
+    for task in list(state.http_tasks):
+        task.cancel()
+    # a client that does not read cannot hold the shutdown: its socket goes after a short grace
+    end = time.monotonic() + 1.0
+    while (state.connections or state.http_tasks) and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    for conn in list(state.connections):
+        conn.abort()
+    log.info("drain: %d sessions and %d HTTP streams were cut", len(state.connections), len(state.http_tasks))
 
 
 async def _start(app: web.Application) -> None:
@@ -94,12 +158,42 @@ async def _start(app: web.Application) -> None:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    for ws in list(app[STATE].sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+    async def close(ws: web.WebSocketResponse) -> None:
+        try:  # bounded: a client that does not read cannot take a close frame
+            await asyncio.wait_for(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"), 1.0)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+
+    await asyncio.gather(*(close(ws) for ws in list(app[STATE].sockets)))
 
 
 async def _stop(app: web.Application) -> None:
-    app[STATE].worker.stop()
+    app[STATE].worker.stop(timeout=2.0)
+
+
+# Paths that start work: refused while draining.
+_WORK_PATHS = ("/v1/stream", "/v1/audio/speech")
+
+
+@web.middleware
+async def _gate(request: web.Request, handler):
+    """While draining, refuse new work with a typed reason; track HTTP streams for the drain."""
+    state = request.app[STATE]
+    if request.path not in _WORK_PATHS:
+        return await handler(request)
+    if state.draining:
+        state.metrics.errors.labels(code="going_away").inc()
+        if request.path == "/v1/stream":
+            return web.json_response(error_message("going_away", _GOING_AWAY, fatal=True), status=503)
+        return openai_error(503, "going_away", _GOING_AWAY)
+    if request.path == "/v1/stream":
+        return await handler(request)
+    task = asyncio.current_task()
+    state.http_tasks.add(task)
+    try:
+        return await handler(request)
+    finally:
+        state.http_tasks.discard(task)
 
 
 @web.middleware
@@ -135,7 +229,10 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    worker = request.app[STATE].worker
+    state = request.app[STATE]
+    worker = state.worker
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
     if worker.ready.is_set():
         return web.json_response({"status": "ready", "engine": worker.engine.name, "capacity": worker.capacity})
     if worker.failure is not None:

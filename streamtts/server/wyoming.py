@@ -161,6 +161,7 @@ class WyomingServer:
         self.port: Optional[int] = None
         self._server: Optional[asyncio.AbstractServer] = None
         self._tasks: set[asyncio.Task] = set()
+        self.connections: dict["Connection", asyncio.Task] = {}
 
     async def start(self, app: Optional[web.Application] = None) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.state.config.wyoming_port,
@@ -180,10 +181,24 @@ class WyomingServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
+        conn = Connection(self, reader, writer)
+        self.connections[conn] = task
         try:
-            await Connection(self, reader, writer).run()
+            await conn.run()
         finally:
             self._tasks.discard(task)
+            self.connections.pop(conn, None)
+
+    def drain_step(self, final: bool = False) -> bool:
+        """Server shutdown: end connections with no synthesis under way (all, when ``final``);
+        True while some synthesis is still under way."""
+        busy = False
+        for conn, task in list(self.connections.items()):
+            if final or not conn._busy():
+                task.cancel()
+            else:
+                busy = True
+        return busy
 
 
 WYOMING = web.AppKey("streamtts_wyoming", WyomingServer)
