@@ -38,8 +38,11 @@ Definitions (the JSON's fields, :func:`streamtts.loadtest_report.summarize`):
   (``cancel_fast``: cancel at the first audio, reading as fast as frames come) and playback-speed
   readers (``cancel_playback``: cancel after 0.5-2 s of audio played, still reading at that speed
   until ``cancelled``, i.e. behind everything the server sent ahead). A playback-speed reader's
-  latency over ``max_cancel_s`` is a violation (the server paces a stream to at most
-  ``max_lead_s`` ahead of real time, so it should be about 100 ms + max_lead_s).
+  latency over ``max_cancel_s`` is a violation. The server paces a stream to at most
+  ``max_lead_s`` ahead of real time before it sends a frame, and a frame holds up to one engine
+  tick's audio (80 mel frames, 0.93 s), so such a reader waits at most about max_lead_s + 0.93 s;
+  the default 3.5 s is that (2 + 0.93) plus 0.5 s for a busy machine (``--max-cancel-s 2.1`` checks
+  the stricter 100 ms + max_lead_s).
 * ``errors_by_code``: every ``error`` event (and refused upgrade) by code, except the capacity
   answers ``server_busy``, ``too_many_sessions`` and ``rate_limited``, which with ``queued`` are
   ``admission`` outcomes (expected when ``clients`` exceeds the capacity), not violations. Any other
@@ -74,7 +77,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from streamtts.errors import StreamTTSError
-from streamtts.loadtest_report import compare, reference_segments, rss_summary, summarize, table
+from streamtts.loadtest_report import Parity, reference_segments, rss_summary, summarize, table
 from streamtts.loadtest_session import BEHAVIOURS, Plan, draw_plan, run_session
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
@@ -157,12 +160,17 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
     from streamtts.voices import VOICES
 
     server = _ready(base)
+    clients = clients or int(server.get("capacity") or 1)  # 0: as many as the server admits at once
     rng = random.Random(seed)
     keys = {k: k for k in _references(rng)}
     refs, extra = {}, []
     for n, key in enumerate(keys):  # each alone on the server
         plan = Plan("reference", key[1], key[2], "pcm_f32le", [key[0]], [])
         log = await run_session(url, plan, f"ref{n}", -1, {}, headers, session_timeout_s)
+        for code in ("unauthorized", "origin_not_allowed"):
+            if code in log.errors:
+                raise LoadtestError(f"the server refused the session ({code}): "
+                                    + ("a wrong --api-key?" if headers else "it needs --api-key"))
         if log.violations or log.outcome != "done":
             extra += [f"reference {key}: {v}" for v in log.violations] or [f"reference {key}: {log.outcome}"]
         else:
@@ -172,6 +180,7 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
     progress(f"{len(refs)} parity references recorded; {clients} clients for {duration_s:g} s ...")
 
     texts = list(TEST_SENTENCES) + list(EXTRA_SENTENCES)
+    parity = Parity(refs, parity_tolerance)
     logs: list = []
     t0 = time.monotonic()
     stop_at = t0 + duration_s
@@ -189,6 +198,8 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
                 crng.shuffle(order)
             plan = draw_plan(crng, order.pop(), texts, list(refs), VOICES)
             log = await run_session(url, plan, f"c{i}s{n}", i, keys, headers, session_timeout_s)
+            parity.check(log)
+            log.audio = bytearray()  # compared: a long soak keeps no audio
             logs.append(log)
             if log.outcome == "refused" or log.outcome == "failed":
                 await asyncio.sleep(crng.uniform(0.5, 1.0))  # back off before trying again
@@ -226,9 +237,7 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
         await asyncio.sleep(0.5)
         m = await asyncio.to_thread(scrape, base)
 
-    parity = compare(logs, refs, parity_tolerance)
-    parity["references"] = len(refs)
-    parity["via"] = "cache" if server["cache"] == "on" else "synthesis"
+    parity = {**parity.summary(), "via": "cache" if server["cache"] == "on" else "synthesis"}
     rss = rss_summary(samples, duration_s)
     if max_rss_growth_mb is not None and (rss.get("growth_after_warmup_mb") or 0) > max_rss_growth_mb:
         extra.append(f"server RSS grew {rss['growth_after_warmup_mb']} MiB after warm-up "
@@ -242,12 +251,12 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
 def run(url: str = DEFAULT_URL, clients: int = 4, duration_s: float = 60.0, seed: int = 0,
         api_key: Optional[str] = None, session_timeout_s: float = 45.0, rss_interval_s: float = 5.0,
         parity_tolerance: float = 1e-3, max_rss_growth_mb: Optional[float] = None,
-        underrun_s: Optional[float] = None, max_cancel_s: float = 3.0, progress=None) -> dict:
+        underrun_s: Optional[float] = None, max_cancel_s: float = 3.5, progress=None) -> dict:
     """One load run; returns the report dict (``report["ok"]``: no violation)."""
     from streamtts.bench_streams import START_BUFFER_S
 
-    if clients < 1 or duration_s <= 0 or session_timeout_s <= 0 or rss_interval_s <= 0:
-        raise LoadtestError("--clients, --duration, --session-timeout and --rss-interval must be positive")
+    if clients < 0 or duration_s <= 0 or session_timeout_s <= 0 or rss_interval_s <= 0:
+        raise LoadtestError("--duration, --session-timeout and --rss-interval must be positive, --clients >= 0")
     base = _http_base(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -270,7 +279,8 @@ def main(args) -> int:
 
 def add_arguments(p) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"the server's WebSocket endpoint (default {DEFAULT_URL})")
-    p.add_argument("--clients", type=int, default=4, metavar="N", help="concurrent client loops (default 4)")
+    p.add_argument("--clients", type=int, default=4, metavar="N",
+                   help="concurrent client loops (default 4; 0: the server's capacity, from /ready)")
     p.add_argument("--duration", type=float, default=60.0, metavar="S",
                    help="seconds during which sessions start (default 60); the run ends by S + --session-timeout")
     p.add_argument("--seed", type=int, default=0, metavar="K", help="fixes the behaviours, texts, voices (default 0)")
@@ -278,8 +288,9 @@ def add_arguments(p) -> None:
     p.add_argument("--api-key", metavar="KEY", help="sent as Authorization: Bearer KEY")
     p.add_argument("--session-timeout", type=float, default=45.0, metavar="S",
                    help="deadline of one session; past it the session is a violation (default 45)")
-    p.add_argument("--max-cancel-s", type=float, default=3.0, metavar="S",
-                   help="longest cancel -> cancelled for a playback-speed reader (default 3.0)")
+    p.add_argument("--max-cancel-s", type=float, default=3.5, metavar="S",
+                   help="longest cancel -> cancelled for a playback-speed reader (default 3.5: the server's "
+                        "max_lead_s 2 + its longest audio frame 0.93 + 0.5 s)")
     p.add_argument("--underrun-ms", type=float, default=None, metavar="MS",
                    help="lag beyond which a playback-speed reader underran (default 200)")
     p.add_argument("--parity-tolerance", type=float, default=1e-3, metavar="X",

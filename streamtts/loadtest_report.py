@@ -3,7 +3,8 @@ the summary dict (the JSON) and the printed table. Pure: no sockets.
 
 How to call::
 
-    parity = compare(logs, refs, tolerance)          # {"segments_compared": ..., "max_abs_diff": ...}
+    parity = Parity(refs, tolerance); parity.check(log)   # as each session ends
+    parity.summary()                                  # {"segments_compared": ..., "max_abs_diff": ...}
     report = summarize(logs, rss_samples, config)    # the JSON's fields (module docstring of loadtest)
     print(table(report))
 """
@@ -16,7 +17,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from streamtts.bench import percentile
-from streamtts.loadtest_session import ADMISSION_CODES, BEHAVIOURS, SessionLog
+from streamtts.loadtest_session import BEHAVIOURS
+from streamtts.loadtest_wire import ADMISSION_CODES, SessionLog
 
 MAX_LISTED_VIOLATIONS = 200
 
@@ -35,40 +37,47 @@ def reference_segments(log: SessionLog) -> list:
     return [(text, audio[a:b].copy()) for text, a, b in log.utterances[0].segments]
 
 
-def compare(logs: Sequence[SessionLog], refs: dict, tolerance: float) -> dict:
+class Parity:
     """Every complete segment a loaded session received for a reference (text, voice, seed) is
     compared with the reference's segment of the same rank: same text, the same length (within the
     2 samples that 0.1 ms positions leave open), samples within ``tolerance`` once aligned at their
     ends (exact: a segment event follows its last audio frame). Mismatches are added to the
-    session's violations."""
-    compared, exact, worst = 0, 0, 0.0
-    for log in logs:
+    session's violations. Call :meth:`check` as each session ends (then its audio may go)."""
+
+    def __init__(self, refs: dict, tolerance: float):
+        self.refs, self.tolerance = refs, tolerance
+        self.compared, self.exact, self.worst = 0, 0, 0.0
+
+    def check(self, log: SessionLog) -> None:
         audio = None
         for utt in log.utterances:
-            if utt.key is None or utt.key not in refs or not utt.segments:
+            if utt.key is None or utt.key not in self.refs or not utt.segments:
                 continue
             audio = samples(log) if audio is None else audio
-            ref = refs[utt.key]
+            ref = self.refs[utt.key]
             for k, (text, a, b) in enumerate(utt.segments):
                 if k >= len(ref):
                     log.violate(f"parity: segment {k} {text!r} is beyond the reference's {len(ref)}")
                     continue
                 ref_text, ref_audio = ref[k]
-                compared += 1
+                self.compared += 1
                 if text != ref_text or abs((b - a) - len(ref_audio)) > 2:
                     log.violate(f"parity: segment {k} {text!r} ({b - a} samples) differs from the solo "
                                 f"{ref_text!r} ({len(ref_audio)} samples)")
                     continue
                 # aligned at their exact ends; the starts come from 0.1 ms positions (+-1 sample each)
                 n = min(b - a, len(ref_audio))
-                got, ref_audio = audio[b - n:b], ref_audio[len(ref_audio) - n:]
-                diff = float(np.abs(got - ref_audio).max()) if len(got) else 0.0
-                worst = max(worst, diff)
-                exact += diff == 0.0
-                if diff > tolerance:
+                got, want = audio[b - n:b], ref_audio[len(ref_audio) - n:]
+                diff = float(np.abs(got - want).max()) if n else 0.0
+                self.worst = max(self.worst, diff)
+                self.exact += diff == 0.0
+                if diff > self.tolerance:
                     log.violate(f"parity: segment {k} {text!r} differs from its solo audio by {diff:.3g} "
-                                f"(tolerance {tolerance:g})")
-    return {"segments_compared": compared, "bit_exact": exact, "max_abs_diff": worst, "tolerance": tolerance}
+                                f"(tolerance {self.tolerance:g})")
+
+    def summary(self) -> dict:
+        return {"references": len(self.refs), "segments_compared": self.compared, "bit_exact": self.exact,
+                "max_abs_diff": self.worst, "tolerance": self.tolerance}
 
 
 def _stats(values: Sequence[Optional[float]], scale: float = 1000.0) -> dict:
@@ -85,13 +94,16 @@ def rss_summary(samples_: Sequence[dict], duration_s: float) -> dict:
     """Warm-up ends at the later of a third of the run and the first sample whose
     ``streamtts_cache_bytes`` is within 1 % of the most seen (the phrase cache stopped growing);
     growth is the last sample's RSS minus the RSS at the end of warm-up; the slope is a least-squares
-    fit over the samples after warm-up."""
+    fit over the samples after warm-up. ``warmup_by`` says which bound ended warm-up."""
     rows = [s for s in samples_ if s.get("rss_bytes") is not None]
     if not rows:
         return {"samples": list(samples_), "note": "the server exports no process_resident_memory_bytes"}
     top_cache = max((s.get("cache_bytes") or 0) for s in rows)
     cache_full = next(s["t_s"] for s in rows if (s.get("cache_bytes") or 0) >= 0.99 * top_cache)
     warm_end = max(duration_s / 3, cache_full)
+    warmup_by = "cache" if cache_full > duration_s / 3 else "third"
+    if top_cache > 0 and len(rows) > 1 and cache_full >= rows[-1]["t_s"]:
+        warmup_by = "cache still growing at the end: no growth measured"
     after = [s for s in rows if s["t_s"] >= warm_end] or rows[-1:]
     mb = 1024 * 1024
     slope = None
@@ -101,7 +113,7 @@ def rss_summary(samples_: Sequence[dict], duration_s: float) -> dict:
         slope = float(np.polyfit(t, y, 1)[0]) if np.ptp(t) > 0 else None
     return {
         "interval_samples": len(rows),
-        "warmup_end_s": round(warm_end, 1),
+        "warmup_end_s": round(warm_end, 1), "warmup_by": warmup_by,
         "start_mb": _r(rows[0]["rss_bytes"] / mb), "at_warmup_end_mb": _r(after[0]["rss_bytes"] / mb),
         "end_mb": _r(rows[-1]["rss_bytes"] / mb), "max_mb": _r(max(s["rss_bytes"] for s in rows) / mb),
         "growth_after_warmup_mb": _r((rows[-1]["rss_bytes"] - after[0]["rss_bytes"]) / mb),

@@ -1,11 +1,12 @@
 """One session of ``streamtts loadtest``: its plan (what the client does, drawn up front from the
-run's seed), what it saw (:class:`SessionLog`) and the protocol checks made on every frame
-(:class:`Wire`). The run, the clients and the report are :mod:`streamtts.loadtest`.
+run's seed) and the behaviours that carry it out. What a session saw and the protocol checks on
+every frame are :mod:`streamtts.loadtest_wire`; the run, the clients and the report are
+:mod:`streamtts.loadtest`.
 
 How to call (inside an event loop)::
 
-    plan = draw_plan(rng, "cancel_playback", texts, refs_keys)
-    log = await run_session(url, plan, session_id, headers, timeout_s=45.0)
+    plan = draw_plan(rng, "cancel_playback", texts, ref_keys, VOICES)
+    log = await run_session(url, plan, "c0s3", client=0, keys=keys, headers={}, timeout_s=45.0)
     log.violations            # [] when the server kept the protocol
     log.utterances[k].segments  # [(text, start_sample, end_sample)], positions in log.audio
 
@@ -32,17 +33,14 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
-ADMISSION_CODES = ("server_busy", "too_many_sessions", "rate_limited")  # capacity answers, not faults
+from streamtts.loadtest_wire import ADMISSION_CODES, WIDTH, Closed, Key, SessionLog, Wire, check_done
+
 BEHAVIOURS = ("llm", "playback", "slow", "cancel_fast", "cancel_playback", "disconnect")
-WIDTH = {"pcm_s16le": 2, "pcm_f32le": 4}
-RATE = 22050
 QUIET_AFTER_CANCEL_S = 0.3  # after `cancelled`, how long the client listens for stray old audio
 SLOW_FACTOR = 2.0  # a slow reader takes 2 s of wall time per second of audio (0.5x playback)
-
-Key = tuple  # (text, voice, seed) of a parity reference
 
 
 @dataclass
@@ -58,55 +56,6 @@ class Plan:
     read_s: float = 0.0  # cancel_playback: audio played before the cancel; disconnect: audio read
     # before dropping; slow: wall seconds of slow reading
     end_after_cancel: bool = True  # cancel_*: send `end` after the cancel (else just close)
-
-
-@dataclass
-class Utterance:
-    text: str
-    key: Optional[Key]  # parity reference it must match, if any
-    segments: list = field(default_factory=list)  # (text, start_sample, end_sample)
-
-
-@dataclass
-class SessionLog:
-    """What one session saw (times: ``time.monotonic()``)."""
-
-    id: str
-    client: int
-    behaviour: str
-    voice: str
-    seed: int
-    outcome: str = "open"  # done | closed | disconnected | refused | failed | hung
-    admission: list = field(default_factory=list)  # "queued", ADMISSION_CODES
-    t_connect: Optional[float] = None
-    t_ready: Optional[float] = None
-    t_first_text: Optional[float] = None
-    t_first_audio: Optional[float] = None
-    errors: list = field(default_factory=list)  # error codes received (all)
-    cancel_latency_s: Optional[float] = None
-    # playback-speed readers: the most the audio received fell behind the wall clock started at
-    # the first audio, i.e. max over frames of (arrival - first audio) - audio received before it
-    max_lag_s: Optional[float] = None
-    violations: list = field(default_factory=list)
-    utterances: list = field(default_factory=list)
-    audio: bytearray = field(default_factory=bytearray)
-    width: int = 2
-    close_code: Optional[int] = None
-    done: Optional[dict] = None
-    waiting_for: str = "connect"  # what the session waits for now (said when it hangs)
-
-    @property
-    def ttfa_s(self) -> Optional[float]:
-        if self.t_first_audio is None or self.t_first_text is None:
-            return None
-        return self.t_first_audio - self.t_first_text
-
-    @property
-    def received_s(self) -> float:
-        return len(self.audio) / self.width / RATE
-
-    def violate(self, what: str) -> None:
-        self.violations.append(what)
 
 
 def fragments(rng: random.Random, text: str) -> list:
@@ -146,169 +95,11 @@ def draw_plan(rng: random.Random, behaviour: str, texts: Sequence[str], refs: Se
     return Plan(behaviour, voice, seed, fmt, [text], fragments(rng, text), read_s=read_s)
 
 
-class Closed(Exception):
-    """The server closed the socket (code in the log)."""
-
-
-class Wire:
-    """The client end of one session: every frame received goes through :meth:`feed`, which
-    records it and checks the protocol (docs/protocol.md)."""
-
-    def __init__(self, ws, log: SessionLog, keys: dict):
-        self.ws, self.log, self.keys = ws, log, keys
-        self.ready = False
-        self.after_cancel = False  # `cancelled` came and no new text was sent since
-        self.cancel_at: Optional[float] = None
-        self.next_index = 0
-        self.measure_lag = False
-        self.utterance: Optional[Utterance] = None
-
-    # ---- sending ----------------------------------------------------------------------------
-
-    async def send(self, **msg) -> None:
-        await self.ws.send(json.dumps(msg, ensure_ascii=False))
-
-    def begin(self, text: str) -> None:
-        """A new utterance starts with the next text sent."""
-        self.after_cancel = False
-        self.utterance = Utterance(text, self.keys.get((text, self.log.voice, self.log.seed)))
-        self.log.utterances.append(self.utterance)
-
-    async def send_text(self, text: str) -> None:
-        if self.log.t_first_text is None:
-            self.log.t_first_text = time.monotonic()
-        await self.send(type="text", text=text)
-
-    async def send_pieces(self, pieces: list, stop: Optional[asyncio.Event] = None) -> None:
-        for piece, delay in pieces:
-            if stop is not None and stop.is_set():
-                return
-            await self.send_text(piece)
-            await asyncio.sleep(delay)
-
-    async def cancel(self) -> None:
-        self.cancel_at = time.monotonic()
-        await self.send(type="cancel")
-
-    # ---- receiving --------------------------------------------------------------------------
-
-    async def recv(self):
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            msg = await self.ws.recv()
-        except ConnectionClosed as exc:
-            self.log.close_code = exc.rcvd.code if exc.rcvd is not None else 1006
-            raise Closed() from None
-        self.feed(msg, time.monotonic())
-        return msg
-
-    def feed(self, msg, t: float) -> None:
-        log = self.log
-        if log.done is not None:
-            log.violate(f"a frame after done: {_brief(msg)}")
-        if isinstance(msg, bytes):
-            if not self.ready:
-                log.violate("audio before ready")
-            if self.after_cancel:
-                log.violate(f"a binary frame ({len(msg)} bytes) after cancelled")
-            if len(msg) % log.width:
-                log.violate(f"a binary frame of {len(msg)} bytes splits a sample")
-            if not msg:
-                return
-            if log.t_first_audio is None:
-                log.t_first_audio = t
-            elif self.measure_lag:
-                lag = (t - log.t_first_audio) - log.received_s
-                log.max_lag_s = lag if log.max_lag_s is None else max(log.max_lag_s, lag)
-            log.audio += msg
-            return
-        try:
-            m = json.loads(msg)
-            kind = m["type"]
-        except (ValueError, TypeError, KeyError):
-            log.violate(f"not a JSON event: {_brief(msg)}")
-            return
-        if kind == "queued":
-            if "queued" not in log.admission:
-                log.admission.append("queued")
-        elif kind == "ready":
-            if self.ready:
-                log.violate("a second ready")
-            self.ready = True
-            log.t_ready = t
-            if m.get("voice", "").lower() != log.voice.lower() or m.get("seed") != log.seed:
-                log.violate(f"ready does not echo the options: {m}")
-        elif kind == "segment":
-            self._segment(m)
-        elif kind == "cancelled":
-            if self.cancel_at is None:
-                log.violate("cancelled without a cancel")
-            elif log.cancel_latency_s is None:
-                log.cancel_latency_s = t - self.cancel_at
-            self.after_cancel = True
-        elif kind == "done":
-            log.done = m
-        elif kind == "error":
-            code = m.get("code")
-            log.errors.append(code)
-            if code in ADMISSION_CODES:
-                log.admission.append(code)
-            else:
-                log.violate(f"error {code}: {m.get('message')}")
-        else:
-            log.violate(f"unknown event type {kind!r}")
-
-    def _segment(self, m: dict) -> None:
-        log = self.log
-        if self.after_cancel:
-            log.violate(f"a segment after cancelled: {m.get('text')!r}")
-        if m.get("index") != self.next_index:
-            log.violate(f"segment index {m.get('index')}, expected {self.next_index}")
-        self.next_index = (m.get("index") if isinstance(m.get("index"), int) else self.next_index) + 1
-        samples = len(log.audio) // log.width
-        try:
-            start = round(m["audio_start_ms"] * RATE / 1000)
-            end = round(m["audio_end_ms"] * RATE / 1000)
-        except (KeyError, TypeError):
-            log.violate(f"segment without audio positions: {m}")
-            return
-        if abs(end - samples) > 1:  # documented: exactly the samples sent up to it
-            log.violate(f"segment {m.get('text')!r} ends at sample {end}, but {samples} samples came")
-        if not 0 <= start <= end:
-            log.violate(f"segment range {start}..{end}")
-        if self.utterance is not None:  # the end is exact (the segment follows its last audio frame);
-            # the start, from a position rounded to 0.1 ms, is within a sample of the truth
-            self.utterance.segments.append((m.get("text"), min(start, samples), samples))
-
-    async def read(self, until: Callable[[], bool], pace: float = 0.0) -> None:
-        """Read frames until ``until()`` holds. ``pace`` > 0: read the next frame only once the audio
-        received so far has played at ``1/pace`` speed on a clock started at the first audio."""
-        while not until():
-            if pace and self.log.t_first_audio is not None:
-                due = self.log.t_first_audio + pace * self.log.received_s
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await self.recv()
-
-    async def until_closed(self) -> None:
-        """After ``done`` (or a fatal error) the server closes; nothing else may come."""
-        try:
-            while True:
-                await self.recv()
-        except Closed:
-            pass
-
-
-def _brief(msg) -> str:
-    return f"{len(msg)} bytes of audio" if isinstance(msg, bytes) else str(msg)[:120]
-
-
-# ---- the session ------------------------------------------------------------------------------
-
 async def run_session(url: str, plan: Plan, session_id: str, client: int, keys: dict,
                       headers: Optional[dict] = None, timeout_s: float = 45.0) -> SessionLog:
     """Run ``plan`` as one session within ``timeout_s``; never raises for what the server does."""
     log = SessionLog(session_id, client, plan.behaviour, plan.voice, plan.seed, width=WIDTH[plan.format])
+    log.keep_audio = plan.behaviour == "reference" or any((t, plan.voice, plan.seed) in keys for t in plan.texts)
     try:
         await asyncio.wait_for(_session(url, plan, log, keys, headers or {}), timeout_s)
     except asyncio.TimeoutError:
@@ -382,17 +173,6 @@ async def _finish(wire: Wire) -> None:
         log.violate(f"closed with {log.close_code} after done, not 1000")
 
 
-def _check_done(wire: Wire) -> None:
-    log = wire.log
-    done = log.done or {}
-    segments = sum(len(u.segments) for u in log.utterances)
-    if done.get("segments") != segments:
-        log.violate(f"done says {done.get('segments')} segments, {segments} came")
-    audio_ms = 1000 * log.received_s
-    if abs((done.get("audio_ms") or 0) - audio_ms) > 1.0:
-        log.violate(f"done says {done.get('audio_ms')} ms of audio, {audio_ms:.1f} ms came")
-
-
 async def _spoken(wire: Wire, plan: Plan, pace: float) -> None:
     """llm / playback: fragments then end, read at ``pace`` until done."""
     wire.begin(plan.texts[0])
@@ -402,7 +182,7 @@ async def _spoken(wire: Wire, plan: Plan, pace: float) -> None:
         await _finish_paced(wire, pace)
     finally:
         await _stop(sender)
-    _check_done(wire)
+    check_done(wire)
 
 
 async def _finish_paced(wire: Wire, pace: float) -> None:
@@ -454,7 +234,7 @@ async def _slow(wire: Wire, plan: Plan) -> None:
     await _stop(sender)
     if log.done is not None:
         await _finish(wire)
-        _check_done(wire)
+        check_done(wire)
         return
     log.waiting_for = "the close handshake"
     await wire.ws.close()
@@ -525,7 +305,7 @@ async def reference(wire: Wire, plan: Plan) -> None:
     await wire.send_text(plan.texts[0])
     await wire.send(type="end")
     await _finish(wire)
-    _check_done(wire)
+    check_done(wire)
 
 
 BEHAVIOUR_RUNNERS = {"llm": _llm, "playback": _playback, "slow": _slow, "cancel_fast": _cancel,

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from streamtts.bench_ws import Server
-from streamtts.loadtest_report import compare
-from streamtts.loadtest_session import BEHAVIOURS, SessionLog, Utterance, Wire
+from streamtts.loadtest_report import Parity
+from streamtts.loadtest_session import BEHAVIOURS
+from streamtts.loadtest_wire import SessionLog, Utterance, Wire
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,11 @@ def test_parity_flags_audio_that_is_not_the_streams_own():
     ref = np.sin(np.arange(2205, dtype=np.float32) / 7).astype(np.float32)
     key = ("你好。", "biaobei", 0)
     good, bad = (SessionLog(n, 0, "llm", "biaobei", 0, width=4) for n in ("good", "bad"))
+    parity = Parity({key: [("你好。", ref)]}, 1e-3)
     for log, audio in ((good, ref), (bad, ref[::-1].copy())):
         log.audio += audio.astype("<f4").tobytes()
         log.utterances.append(Utterance("你好。", key, [("你好。", 0, len(audio))]))
-    stats = compare([good, bad], {key: [("你好。", ref)]}, 1e-3)
+        parity.check(log)
+    stats = parity.summary()
     assert stats["segments_compared"] == 2 and stats["bit_exact"] == 1
     assert good.violations == [] and len(bad.violations) == 1 and "differs from its solo audio" in bad.violations[0]
