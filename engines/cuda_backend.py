@@ -333,13 +333,14 @@ class CudaTacotron(TorchTacotron):
         row.stopped_by_gate = bool(len(fired))
         row.finished = row.stopped_by_gate or row.steps >= row.cap
         p.frames = np.concatenate((p.frames, frames[:keep, b]))
-        return np.ascontiguousarray(alignments[:keep, b, :t], np.float32)
+        return np.array(alignments[:keep, b, :t], np.float32)  # a copy: the host buffer is reused
 
     # -- decoder blocks ------------------------------------------------------------------------
     @torch.inference_mode()
     def _run_block(self, rows: Sequence[AcousticRow], steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One block of ``steps`` decoder steps for ``rows`` (<= MAX_BUCKET) -> host arrays frames
-        (steps, B, 80), gates (steps, B), alignments (steps, B, tb), B = len(rows)."""
+        (steps, B, 80), gates (steps, B), alignments (steps, B, tb), B = len(rows): views of
+        reused host buffers, valid until the next block."""
         n = len(rows)
         block = self.block(bucket_for(n), t_bucket(max(r.n_ids for r in rows), self.max_symbols), steps)
         idx = np.full(block.bucket, self.dummy, np.int64)
