@@ -253,6 +253,15 @@ def test_parse_options_unhashable_format_is_a_typed_error():
     assert parse_options({"format": "mulaw"}).sample_rate == 8000
 
 
+def test_voice_null_is_a_type_error():
+    # "voice": null was taken as the default voice; like any other wrong type it is bad_message
+    session = Session()
+    session.receive_text('{"type":"start","voice":null}')
+    (reply,) = _drain(session)
+    assert reply["code"] == "bad_message" and not reply["fatal"] and session.state is State.NEW
+    assert parse_options({}).voice == "biaobei"  # left out: the default
+
+
 # ---- text frontend ----------------------------------------------------------------------------
 
 _HANZI = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长"
