@@ -115,10 +115,13 @@ def scrape(base: str) -> dict:
     """The few /metrics values the run follows (None where the server has none)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    status, body = _get(base + "/metrics")
     out = {"rss_bytes": None, "cache_bytes": None, "admitted": None, "active_ws": None}
+    try:
+        status, body = _get(base + "/metrics")
+    except OSError as exc:  # the server is gone (the sessions say so too)
+        return {**out, "error": f"{type(exc).__name__}: {exc}"}
     if status != 200:
-        return out
+        return {**out, "error": f"HTTP {status}"}
     for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:
             if s.name == "process_resident_memory_bytes":
@@ -229,7 +232,10 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
 
     settle_end = time.monotonic() + SETTLE_S  # every slot and socket is given back
     m = await asyncio.to_thread(scrape, base)
-    while (m["admitted"] or 0) > 0 or (m["active_ws"] or 0) > 0:
+    while (m["admitted"] or 0) > 0 or (m["active_ws"] or 0) > 0 or "error" in m:
+        if "error" in m:
+            extra.append(f"/metrics after the run: {m['error']}")
+            break
         if time.monotonic() > settle_end:
             extra.append(f"{SETTLE_S:g} s after the last session the server still holds {m['admitted']} slots "
                          f"and {m['active_ws']} WebSocket sessions")
