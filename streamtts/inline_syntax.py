@@ -18,5 +18,5 @@ MAX_GROUP_CHARS = MAX_GROUP_HANZI * 8 + 3  # 16 hanzi, 16 syllables of at most 7
 HANZI = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _SYLLABLE = r"[a-zü]{1,6}[1-5]"
 INLINE = re.compile(r"\{([%s]{1,%d})\|(%s(?: %s)*)\}" % (HANZI, MAX_GROUP_HANZI, _SYLLABLE, _SYLLABLE))
-INLINE_PREFIX = re.compile(r"\{[%s]{0,%d}(?:\|(?:[a-zü1-5]+ ?){0,%d})?$" % (HANZI, MAX_GROUP_HANZI,
+INLINE_PREFIX = re.compile(r"\{[%s]{0,%d}(?:\|(?:[a-zü1-5]+ ?){0,%d})?\Z" % (HANZI, MAX_GROUP_HANZI,
                                                                            MAX_GROUP_HANZI))
