@@ -77,7 +77,6 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from streamtts.errors import StreamTTSError
-from streamtts.loadtest_report import Parity, reference_segments, rss_summary, summarize, table
 from streamtts.loadtest_session import BEHAVIOURS, Plan, draw_plan, run_session
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
@@ -160,6 +159,7 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
                max_rss_growth_mb: Optional[float], underrun_s: float, max_cancel_s: float,
                progress) -> dict:
     from streamtts.evaluation.sentences import TEST_SENTENCES
+    from streamtts.loadtest_report import Parity, reference_segments, rss_summary, summarize
     from streamtts.voices import VOICES
 
     server = _ready(base)
@@ -273,6 +273,8 @@ def run(url: str = DEFAULT_URL, clients: int = 4, duration_s: float = 60.0, seed
 
 def main(args) -> int:
     """``streamtts loadtest`` (arguments: :func:`add_arguments`)."""
+    from streamtts.loadtest_report import table
+
     report = run(args.url, args.clients, args.duration, args.seed, args.api_key, args.session_timeout,
                  args.rss_interval, args.parity_tolerance, args.max_rss_growth_mb,
                  None if args.underrun_ms is None else args.underrun_ms / 1000, args.max_cancel_s)
