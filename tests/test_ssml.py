@@ -91,6 +91,7 @@ def test_unknown_elements_are_read_as_their_text_and_whitespace_collapses():
                      '  <!-- a comment --><voice name="x">hello   world</voice>\n</speak>')
     assert str(doc) == " 今天 很好。 真的 hello world "
     assert phonemize(doc).normalized == "今天很好.真的hello world"
+    assert Break(300, structural=True) in doc.pieces and Break(500, structural=True) in doc.pieces
 
 
 def test_inline_readings_work_inside_ssml_text():
@@ -315,6 +316,13 @@ def test_markup_chunker_breaks_rates_and_atomic_spans():
     # after the comma (150 / 2.0), and the break's 1000 ms exactly
     fast = MarkupChunker(speed=2.0).push(parse_ssml(speak('<prosody rate="x-fast">快快，好</prosody><break time="1s"/>')))
     assert [c.pause_ms for c in fast] == [150, 2000]
+
+
+def test_paragraphs_and_sentences_end_sentences():
+    doc = parse_ssml(speak('<p><s>你好。</s><s>再见</s></p><p>走吧</p><break time="1s"/>好'))
+    chunks = MarkupChunker().push(doc)
+    assert [(c.text, c.text.lead_ms, c.pause_ms) for c in chunks] == [
+        ("你好。", 0, 0), ("再见", 300, 0), ("走吧", 500, 0), ("好", 1000, 0)]
 
 
 def test_markup_chunker_never_cuts_inside_a_substitute():

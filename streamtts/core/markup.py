@@ -61,15 +61,18 @@ class MarkupChunker:
     def _document(self, pieces) -> list[Chunk]:
         out: list[Chunk] = []
         run: list = []  # Text pieces of one rate, between breaks
-        lead = 0  # ms of break silence owed before the next chunk
+        # silence owed before the next chunk: the explicit breaks add up; a <p>/<s> end counts
+        # only when longer (lead = max(explicit, structural))
+        explicit = structural = 0
         offset = 0  # where the run starts in the document's shown text
 
         def close_run() -> None:
-            nonlocal run, lead, offset
+            nonlocal run, explicit, structural, offset
             if run:
+                lead = max(explicit, structural)
                 chunks = self._run([p.span for p in run], run[0].rate, offset, lead, len(out))
                 if chunks:
-                    lead = 0
+                    explicit = structural = 0
                 out.extend(chunks)
                 offset += sum(len(p.span.shown) for p in run)
             run = []
@@ -77,14 +80,18 @@ class MarkupChunker:
         for p in pieces:
             if hasattr(p, "ms"):  # a Break
                 close_run()
-                if out and not lead:
+                if out and not explicit and not structural:
                     out[-1] = replace(out[-1], pause_ms=0, boundary="break")  # the break replaces it
-                lead += p.ms
+                if p.structural:
+                    structural = max(structural, p.ms)
+                else:
+                    explicit += p.ms
             else:
                 if run and p.rate != run[0].rate:
                     close_run()
                 run.append(p)
         close_run()
+        lead = max(explicit, structural)
         if lead and out:  # breaks at the end: the pause after the last chunk, exact
             out[-1] = replace(out[-1], pause_ms=round(lead * self.speed), boundary="break")
         return out

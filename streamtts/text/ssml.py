@@ -26,7 +26,10 @@ external entities are an ``invalid_ssml`` error, never expanded or fetched. Elem
   ``date`` (``format`` ymd (default), dmy, mdy, ym, md, y; separators - / . or space). Other
   ``interpret-as`` values read the content as plain text.
 * ``<sub alias="世界卫生组织">WHO</sub>``: says the alias; the segment shows the content.
-* Any other element (``<p>``, ``<s>``, ``<emphasis>``, ``<voice>`` ...) is read as its text content:
+* ``<p>`` and ``<s>`` are read as their text, and end a sentence: a pause of 500 ms (paragraph)
+  or 300 ms (sentence) follows, replacing the punctuation's. Where several breaks meet, the
+  explicit ones add up and a ``<p>``/``<s>`` end counts only if it is longer than their sum.
+* Any other element (``<emphasis>``, ``<voice>``, ``<audio>`` ...) is read as its text content:
   its tags are dropped, its text kept. Comments and processing instructions are dropped.
 
 Whitespace runs (indentation, newlines) are one space, as in XML text. Inline readings
@@ -48,6 +51,7 @@ SSML_NS = "http://www.w3.org/2001/10/synthesis"
 MAX_BREAK_MS = 10_000
 MIN_RATE, MAX_RATE = 0.1, 10.0  # accepted prosody rates; the engine's range is applied later
 BREAK_STRENGTH_MS = {"none": 0, "x-weak": 100, "weak": 150, "medium": 300, "strong": 500, "x-strong": 1000}
+STRUCTURE_MS = {"p": 500, "paragraph": 500, "s": 300, "sentence": 300}  # chunker.PAUSE_MS's
 RATE_WORDS = {"x-slow": 0.5, "slow": 0.75, "medium": 1.0, "default": 1.0, "fast": 1.25, "x-fast": 1.5}
 _TIME = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s)\s*$")
 _PERCENT = re.compile(r"\s*([+-]?)(\d+(?:\.\d+)?)\s*%\s*$")
@@ -65,6 +69,7 @@ class Text:
 @dataclass(frozen=True)
 class Break:
     ms: int
+    structural: bool = False  # the end of a <p> or <s>: next to other breaks the longest counts
 
 
 Piece = Union[Text, Break]
@@ -191,6 +196,9 @@ def _element(elem, rate: float, out: list, where) -> None:
         if not shown:
             raise SsmlError("<sub> needs the text it stands for as its content", *pos)
         out.append(Text(Span(shown, spoken=_SPACE.sub(" ", alias.strip())), rate))
+    elif name in STRUCTURE_MS:  # a paragraph or sentence: its text, then a sentence end
+        _walk(elem, rate, out, where)
+        out.append(Break(STRUCTURE_MS[name], structural=True))
     else:  # unknown or unsupported element: its text content is read as plain text
         _walk(elem, rate, out, where)
 
