@@ -105,12 +105,15 @@ async def run_session(url: str, plan: Plan, session_id: str, client: int, keys: 
     except asyncio.TimeoutError:
         log.outcome = "hung"
         log.violate(f"hung past its deadline ({timeout_s:g} s), waiting for {log.waiting_for}")
+    except Exception as exc:  # a fault of this client: said as such, and the run goes on
+        log.outcome = "failed"
+        log.violate(f"loadtest client error while waiting for {log.waiting_for}: {type(exc).__name__}: {exc}")
     return log
 
 
 async def _session(url: str, plan: Plan, log: SessionLog, keys: dict, headers: dict) -> None:
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     log.t_connect = time.monotonic()
     try:
@@ -126,7 +129,7 @@ async def _session(url: str, plan: Plan, log: SessionLog, keys: dict, headers: d
         else:
             log.violate(f"the upgrade was refused: HTTP {status} {code}")
         return
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (OSError, asyncio.TimeoutError, InvalidHandshake) as exc:
         log.outcome = "failed"
         log.violate(f"could not connect: {type(exc).__name__}: {exc}")
         return

@@ -96,7 +96,14 @@ class Wire:
     # ---- sending ----------------------------------------------------------------------------
 
     async def send(self, **msg) -> None:
-        await self.ws.send(json.dumps(msg, ensure_ascii=False))
+        """Send one message; on a closed socket nothing happens: the frames still to read say why
+        (a server_busy refusal, say) and the next read raises :class:`Closed`."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await self.ws.send(json.dumps(msg, ensure_ascii=False))
+        except ConnectionClosed:
+            pass
 
     def begin(self, text: str) -> None:
         """A new utterance starts with the next text sent."""
