@@ -235,6 +235,9 @@ def test_a_lexicon_line_changes_the_g2p_of_a_word(user_lexicon, tmp_path):
     user_lexicon(load_lexicon(path))
     assert phonemize("我们去银行").pinyin == ["wo3", "men5", "qu4", "yin2", "xing2"]
     assert phonemize("重庆").pinyin == ["chong2", "qing4"]
+    assert phonemize("还钱").pinyin[0] == "huan2"  # a built-in context rule ...
+    user_lexicon({"还": ("hai2",)})
+    assert phonemize("还钱").pinyin[0] == "hai2"  # ... gives way to the lexicon
     user_lexicon(None)
     assert phonemize("我们去银行").pinyin[-1] == "hang2"
 

@@ -119,7 +119,10 @@ def _word_reading(word: str) -> tuple[str, ...]:
 
 def _context(words: list[str], readings: list[list[str]]) -> None:
     """Single-character words whose reading depends on their neighbours (in place)."""
+    user = user_readings()
     for k, word in enumerate(words):
+        if word in user:
+            continue  # the deployer's reading is final (sandhi still follows)
         prev = words[k - 1] if k else ""
         nxt = words[k + 1] if k + 1 < len(words) else ""
         if word == "得" and prev and nxt:
