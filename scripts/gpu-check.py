@@ -80,6 +80,7 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float16,float32", help="timed in this order; all get parity")
     parser.add_argument("--budget-s", type=float, default=420.0)
     parser.add_argument("--stagger", type=float, default=1.0, help="streams arrive over this many seconds")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -87,6 +88,8 @@ def main() -> int:
 
     import torch
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     from engines.cuda_backend import resolve_device
     from streamtts import bench_gpu
     from streamtts.errors import StreamTTSError

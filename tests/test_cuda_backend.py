@@ -21,8 +21,10 @@ STEPS = 24
 
 @pytest.fixture(scope="module")
 def models():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return TorchTacotron(), CudaTacotron(device="cpu", max_rows=4)
+    yield TorchTacotron(), CudaTacotron(device="cpu", max_rows=4)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
