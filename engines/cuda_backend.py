@@ -258,10 +258,14 @@ class CudaTacotron(TorchTacotron):
         self.dummy = self.max_rows
         self.buffers = _Buffers(cfg, self.max_rows + 1, self.max_symbols, self.max_steps, self.dtype, dev)
         self.stream = torch.cuda.Stream(dev) if self.cuda else None
+        # one memory pool for every block's graph: replays never overlap (one stream, in turn) and
+        # each graph's outputs stay alive, so a capture only reuses other graphs' temporaries
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._blocks: dict[tuple[int, int, int], _Block] = {}
         self._pinned = _Pinned(self.cuda)
         self.captures = 0  # blocks captured as graphs (or, on the CPU, first built)
+        if self.stream is not None:  # weights and zeroed buffers were written on the default stream
+            self.stream.wait_stream(torch.cuda.current_stream(dev))
 
     # -- streams -------------------------------------------------------------------------------
     def _on_stream(self):
@@ -397,7 +401,8 @@ class CudaTacotron(TorchTacotron):
                 self._block_fn(block)
         stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool, stream=stream):
+        # thread_local: CUDA calls of other threads (e.g. the vocoder's) do not void the capture
+        with torch.cuda.graph(graph, pool=self._mempool, stream=stream, capture_error_mode="thread_local"):
             block.outputs = self._block_fn(block)
         block.graph = graph
 
@@ -498,6 +503,8 @@ class CudaVocoder(TorchVocoder):
         self.cuda = dev.type == "cuda"
         self.stream = torch.cuda.Stream(dev) if self.cuda else None
         self._pinned = _Pinned(self.cuda)
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(dev))
 
     @torch.inference_mode()
     def _run(self, mel: np.ndarray, at_start: bool, at_end: bool) -> tuple[np.ndarray, int]:
