@@ -96,3 +96,18 @@ def test_parity_flags_audio_that_is_not_the_streams_own():
     stats = parity.summary()
     assert stats["segments_compared"] == 2 and stats["bit_exact"] == 1
     assert good.violations == [] and len(bad.violations) == 1 and "differs from its solo audio" in bad.violations[0]
+
+
+def test_rss_growth_is_measured_after_warm_up_and_the_phrase_cache_filling():
+    from streamtts.loadtest_report import rss_summary
+
+    mb = 1024 * 1024
+    # the cache grows until 40 s of a 60 s run, then stays: warm-up ends there, not at 20 s
+    rows = [{"t_s": t, "rss_bytes": (600 + t) * mb, "cache_bytes": min(t, 40) * mb, "admitted": 4}
+            for t in range(0, 61, 5)]
+    r = rss_summary(rows, 60.0)
+    assert r["warmup_end_s"] == 40 and r["warmup_by"] == "cache"
+    assert r["at_warmup_end_mb"] == 640 and r["end_mb"] == 660 and r["growth_after_warmup_mb"] == 20
+    assert abs(r["slope_after_warmup_mb_per_min"] - 60) < 0.1
+    flat = rss_summary([{**s, "cache_bytes": 0} for s in rows], 60.0)  # no cache: the first third
+    assert flat["warmup_end_s"] == 20 and flat["warmup_by"] == "third" and flat["growth_after_warmup_mb"] == 40
