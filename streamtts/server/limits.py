@@ -44,6 +44,11 @@ class Guard:
 
     # ---- authentication -----------------------------------------------------------------------
 
+    @property
+    def keyed(self) -> bool:
+        """The server has API keys (else nobody authenticates, and nobody fails to)."""
+        return bool(self._keys)
+
     @staticmethod
     def api_key(request: web.Request) -> Optional[str]:
         header = request.headers.get("Authorization", "")
@@ -159,7 +164,7 @@ async def guard_middleware(request: web.Request, handler):
         origin = (request.headers.get("Origin") or "")[:100]
         return _refuse(request, state, 403, "origin_not_allowed",
                        f"Origin {origin!r} is not allowed (the server allows its own page and --allowed-origin)")
-    if guard._keys:
+    if guard.keyed:
         wait = guard.auth_retry_after(request)
         if wait > 0:
             retry = str(max(1, math.ceil(min(wait, 86400.0))))
