@@ -326,8 +326,9 @@ class Session:
         """Remove queued audio and segments (not other JSON); returns the audio bytes dropped."""
         dropped = sum(len(m) for m in self._outbox if isinstance(m, (bytes, bytearray)))
         kept = deque(m for m in self._outbox if m is _DONE or isinstance(m, dict) and m.get("type") != "segment")
-        self.outbox_bytes -= dropped + sum(_json_size(m) for m in self._outbox
-                                           if isinstance(m, dict) and m.get("type") == "segment")
+        segments = [m for m in self._outbox if isinstance(m, dict) and m.get("type") == "segment"]
+        self.outbox_bytes -= dropped + sum(_json_size(m) for m in segments)
+        self.segments_sent -= len(segments)  # `index` counts segments sent: the next one reuses theirs
         self._outbox = kept
         self.buffered_bytes = 0
         return dropped
