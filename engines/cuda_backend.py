@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 
 from engines.base import AcousticRow, MelOut
+from engines.cuda_slots import MAX_BUCKET, Pinned, SlotBuffers, SlotPool, bucket_for, t_bucket, to_host
 from engines.tacotron import make_masks, step_cap
 from engines.torch_backend import TorchTacotron, TorchVocoder
 from streamtts.errors import StreamTTSError
@@ -63,9 +63,6 @@ from streamtts.pack import VoicePack
 
 DRY_RUN_ENV = "STREAMTTS_CUDA_DRY_RUN"  # "1": the cuda backend runs its code eagerly on the CPU
 DTYPE_ENV = "STREAMTTS_CUDA_DTYPE"  # float32 (default), float16, bfloat16
-MAX_BUCKET = 1024
-BUCKETS = tuple(2 ** i for i in range(11))  # 1 .. 1024
-MIN_T_BUCKET = 16
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -74,12 +71,6 @@ class CudaUnavailableError(StreamTTSError, RuntimeError):
     """The cuda backend was asked for on a machine where torch sees no CUDA device."""
 
     code = "cuda_unavailable"
-
-
-class SlotsExhaustedError(StreamTTSError, RuntimeError):
-    """Every slot of the cuda backend holds a live row (``max_rows``)."""
-
-    code = "slots_exhausted"
 
 
 class InputTooLongError(StreamTTSError, ValueError):
@@ -118,50 +109,6 @@ def resolve_dtype(dtype: Any = None) -> torch.dtype:
     return DTYPES[key]
 
 
-def bucket_for(n: int) -> int:
-    """The batch bucket of n rows: the smallest power of two >= n (1 .. MAX_BUCKET)."""
-    if not 1 <= n <= MAX_BUCKET:
-        raise ValueError(f"a block holds 1 to {MAX_BUCKET} rows, not {n}")
-    return 1 << (n - 1).bit_length()
-
-
-def t_bucket(t: int, t_max: int) -> int:
-    """Memory width of a block whose longest row has t symbols: a power of two >= t (>= 16),
-    at most the buffers' width."""
-    return min(t_max, max(MIN_T_BUCKET, 1 << (t - 1).bit_length()))
-
-
-class SlotPool:
-    """Slot indices 0 .. capacity - 1. ``take`` raises SlotsExhaustedError when none is free; the
-    last slot given back is the next taken (its buffers are the warmest). Thread-safe: a
-    finalizer may give a slot back from any thread."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._free = list(range(capacity - 1, -1, -1))
-        self._used: set[int] = set()
-        self._lock = threading.Lock()
-
-    def take(self) -> int:
-        with self._lock:
-            if not self._free:
-                raise SlotsExhaustedError(f"all {self.capacity} decoder slots are in use; raise max_rows "
-                                          "or admit fewer streams")
-            slot = self._free.pop()
-            self._used.add(slot)
-            return slot
-
-    def give(self, slot: int) -> None:
-        with self._lock:
-            if slot in self._used:
-                self._used.remove(slot)
-                self._free.append(slot)
-
-    @property
-    def in_use(self) -> int:
-        return len(self._used)
-
-
 @dataclass(eq=False)
 class _SlotRow:
     slot: int
@@ -169,31 +116,6 @@ class _SlotRow:
     frames: np.ndarray  # (F, 80) decoder frames the postnet still needs (host)
     frames_start: int  # utterance index of frames[0]
     release: Any = field(default=None, repr=False)  # weakref.finalize giving the slot back
-
-
-class _Buffers:
-    """Per-slot device state: (slots, ...) each; slot ``slots - 1`` is the dummy row."""
-
-    def __init__(self, cfg: Any, slots: int, t_max: int, steps: int, dtype: torch.dtype, dev: torch.device):
-        def z(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
-            return torch.zeros(shape, dtype=dt, device=dev)
-
-        self.memory = z(slots, t_max, cfg.memory_dim)
-        self.keys = z(slots, t_max, cfg.attention_dim)
-        self.pad = torch.ones(slots, t_max, dtype=torch.bool, device=dev)
-        self.pad[-1] = False  # the dummy attends uniformly over zeros: finite, never NaN
-        self.att_h, self.att_c = z(slots, cfg.attention_rnn_dim), z(slots, cfg.attention_rnn_dim)
-        self.dec_h, self.dec_c = z(slots, cfg.decoder_rnn_dim), z(slots, cfg.decoder_rnn_dim)
-        self.weights, self.weights_cum = z(slots, t_max), z(slots, t_max)
-        self.context = z(slots, cfg.memory_dim)
-        self.frame = z(slots, cfg.n_mels)
-        self.masks = z(slots, steps, 2, cfg.prenet_dim, dt=torch.uint8)  # prenet keep bits
-        self.nbytes = sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
-
-    def reset(self, slot: int) -> None:
-        for t in (self.att_h, self.att_c, self.dec_h, self.dec_c, self.weights, self.weights_cum,
-                  self.context, self.frame, self.memory, self.keys, self.masks):
-            t[slot].zero_()
 
 
 @dataclass(eq=False)
@@ -207,28 +129,6 @@ class _Block:
     base: torch.Tensor  # (bucket,) int64 decoder steps each row has run (mask offset)
     graph: Any = None
     outputs: Optional[tuple] = None  # frames (n, b, 80), gates (n, b), alignments (n, b, tb), fp32
-
-
-class _Pinned:
-    """Reusable host buffers, page-locked on CUDA (so device->host copies are truly async)."""
-
-    def __init__(self, pin: bool):
-        self.pin = pin
-        self._bufs: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        buf = self._bufs.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = torch.empty(max(numel, 1), dtype=dtype, pin_memory=self.pin)
-            self._bufs[name] = buf
-        return buf[:numel]
-
-
-def _to_host(pinned: _Pinned, name: str, t: torch.Tensor) -> torch.Tensor:
-    """Queue a copy of ``t`` into the pinned buffer ``name`` (non-blocking); -> the host view."""
-    host = pinned.get(name, t.numel(), t.dtype).view(t.shape)
-    host.copy_(t, non_blocking=pinned.pin)
-    return host
 
 
 class CudaTacotron(TorchTacotron):
@@ -256,13 +156,13 @@ class CudaTacotron(TorchTacotron):
         self.keep_scale = 1.0 / (1.0 - cfg.prenet_dropout)
         self.pool = SlotPool(self.max_rows)
         self.dummy = self.max_rows
-        self.buffers = _Buffers(cfg, self.max_rows + 1, self.max_symbols, self.max_steps, self.dtype, dev)
+        self.buffers = SlotBuffers(cfg, self.max_rows + 1, self.max_symbols, self.max_steps, self.dtype, dev)
         self.stream = torch.cuda.Stream(dev) if self.cuda else None
         # one memory pool for every block's graph: replays never overlap (one stream, in turn) and
         # each graph's outputs stay alive, so a capture only reuses other graphs' temporaries
         self._mempool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._blocks: dict[tuple[int, int, int], _Block] = {}
-        self._pinned = _Pinned(self.cuda)
+        self._pinned = Pinned(self.cuda)
         self.captures = 0  # blocks captured as graphs (or, on the CPU, first built)
         if self.stream is not None:  # weights and zeroed buffers were written on the default stream
             self.stream.wait_stream(torch.cuda.current_stream(dev))
@@ -361,7 +261,7 @@ class CudaTacotron(TorchTacotron):
                 outputs = block.outputs
             else:
                 outputs = self._block_fn(block)
-            host = [_to_host(self._pinned, name, o[:, :n])
+            host = [to_host(self._pinned, name, o[:, :n])
                     for name, o in zip(("frames", "gates", "alignments"), outputs)]
         self._sync()  # the one wait of the block: its stop flags (gates) and frames are on the host now
         return tuple(h.numpy() for h in host)  # type: ignore[return-value]
@@ -476,7 +376,7 @@ class CudaTacotron(TorchTacotron):
             x = torch.from_numpy(frames).to(self.device, self.dtype)
             residual = self.model.postnet(x, at_start, at_end)
             lo = 0 if at_start else self.lookahead
-            host = _to_host(self._pinned, "postnet", (x[:, :, lo: lo + residual.shape[2]] + residual).float())
+            host = to_host(self._pinned, "postnet", (x[:, :, lo: lo + residual.shape[2]] + residual).float())
         self._sync()
         return host.numpy().copy()
 
@@ -502,7 +402,7 @@ class CudaVocoder(TorchVocoder):
         self.module.to(self.dtype)
         self.cuda = dev.type == "cuda"
         self.stream = torch.cuda.Stream(dev) if self.cuda else None
-        self._pinned = _Pinned(self.cuda)
+        self._pinned = Pinned(self.cuda)
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(dev))
 
@@ -515,7 +415,7 @@ class CudaVocoder(TorchVocoder):
                 audio, first = self.module(x), 0
             else:
                 audio, first = self.module(x, at_start, at_end, 0)
-            host = _to_host(self._pinned, "pcm", audio.float())
+            host = to_host(self._pinned, "pcm", audio.float())
             if self.stream is not None:
                 done = torch.cuda.Event()
                 done.record(self.stream)

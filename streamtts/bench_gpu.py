@@ -12,8 +12,8 @@ Per stream, a player like the capacity benchmark's (streamtts/bench_capacity.py)
 200 ms after the first audio and runs at real time; a piece that arrives after it is due stalls
 the player by the difference. A stream *holds real time* when it finished and its stalls sum to at
 most 20 ms. Fields per N: ``ttfa_ms_p50/p99`` (arrival -> first audio), ``streams_held``,
-``gpu_max_memory_mb`` (``torch.cuda.max_memory_allocated``, null on the CPU), ``tick_ms`` medians
-split into ``decoder`` (the acoustic decode call: blocks + postnet), ``vocoder`` (the vocode call),
+``gpu_max_memory_mb`` (``torch.cuda.max_memory_allocated``, null on the CPU), ``tick_ms`` (means
+over the ticks with at least three quarters of the largest batch) split into ``decoder`` (the acoustic decode call: blocks + postnet), ``vocoder`` (the vocode call),
 ``encoder`` (starts) and ``host`` (the rest: windows, bookkeeping).
 
 Parity (:func:`parity`): each reference utterance synthesized solo through the same streaming
@@ -209,8 +209,8 @@ def _summary(n: int, streams: Sequence[_Live], ticks: Sequence[dict], wall: floa
     top = max((t["rows"] for t in busy), default=0)
     sel = [t for t in busy if t["rows"] >= top - top // 4] or busy
 
-    def med(key: str) -> Optional[float]:
-        return 1000 * float(np.median([t[key] for t in sel])) if sel else None
+    def med(key: str) -> Optional[float]:  # means, so that the parts add up to the total
+        return 1000 * float(np.mean([t[key] for t in sel])) if sel else None
 
     tick, dec, voc, enc = med("tick_s"), med("decoder_s"), med("vocoder_s"), med("encoder_s")
     host = None if tick is None else tick - dec - voc - enc

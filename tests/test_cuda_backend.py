@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.cuda_backend import (CudaTacotron, CudaUnavailableError, CudaVocoder, SlotsExhaustedError,
-                                  bucket_for, t_bucket)
+from engines.cuda_backend import CudaTacotron, CudaUnavailableError, CudaVocoder
+from engines.cuda_slots import SlotsExhaustedError, bucket_for, t_bucket
 from engines.torch_backend import TorchTacotron, TorchVocoder
 from streamtts.text import phonemize
 from streamtts.voices import speaker_vector
