@@ -189,6 +189,19 @@ def test_home_assistant_stream_gives_a_cycle_per_sentence(server, single):
     assert len(got) == len(want) and np.abs(got - want).max() <= 64
 
 
+def test_ssml_synthesize_speaks_its_break(server):
+    async def go(text, fmt):
+        async with client(server) as c:
+            await c.write_event(Synthesize(text=text, text_format=fmt).event())
+            return await read_until(c, AudioStop)
+
+    plain = cycles(run(go("你好。世界。", None)))
+    ssml = cycles(run(go('<speak>你好。<break time="1s"/>世界。</speak>', "ssml")))
+    assert len(plain) == len(ssml) == 1
+    # the 1 s break replaces the 300 ms pause of the full stop
+    assert 0.6 < seconds(ssml[0]) - seconds(plain[0]) < 0.8
+
+
 def test_bad_inputs_get_errors_and_the_connection_goes_on(server):
     bad = [
         Synthesize(text="你好。", voice=SynthesizeVoice(name="Nobody")).event(),
@@ -196,13 +209,13 @@ def test_bad_inputs_get_errors_and_the_connection_goes_on(server):
         Event(type="synthesize", data={}),  # no text
         Event(type="synthesize", data={"text": "你好。", "voice": "Aiyue"}),  # voice not an object
         Event(type="synthesize", data={"text": 5}),
-        Synthesize(text="你好。", text_format="ssml").event(),
+        Synthesize(text="你好。", text_format="ssml").event(),  # not a <speak> document
         SynthesizeChunk(text="你好").event(),  # no stream started
         SynthesizeStop().event(),
         Synthesize(text="你" * 5000).event(),
     ]
     expected = ["unknown_voice", "empty_text", "bad_message", "bad_message", "bad_message",
-                "unsupported_text_format", "no_stream", "no_stream", "text_too_long"]
+                "invalid_ssml", "no_stream", "no_stream", "text_too_long"]
 
     async def go():
         async with client(server) as c:

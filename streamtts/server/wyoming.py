@@ -48,7 +48,7 @@ from streamtts.constants import DEFAULT_SEED, NATIVE_RATE
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
 from streamtts.core.request import CLOSE, END, TEXT, Request
 from streamtts.errors import StreamTTSError
-from streamtts.protocol import ProtocolError, check_text
+from streamtts.protocol import ProtocolError, check_text, parse_text
 from streamtts.server.state import STATE, ServerState, admission_metrics, engine_unavailable
 from streamtts.voices import DEFAULT_VOICE, VOICES, resolve_voice
 
@@ -73,11 +73,16 @@ def info_event() -> Event:
 def text_commands(text: str, text_format) -> list[str]:
     """The one place where Wyoming text (of ``synthesize`` or a ``synthesize-chunk``) becomes the
     core's TEXT commands: the texts to push, in order. Plain text goes as it is (the core's chunker
-    cuts it into sentences, so pieces may cut through words). ``text_format`` "ssml" is refused."""
-    if text_format not in (None, "text"):
-        raise ProtocolError("unsupported_text_format", f"text_format {str(text_format)!r} is not supported; "
-                                                       "send plain text")
-    return [text]
+    cuts it into sentences, so pieces may cut through words). With ``text_format`` "ssml" the text
+    is one whole ``<speak>`` document (a ``synthesize-chunk`` too), parsed here (``invalid_ssml``)."""
+    check_format(text_format)
+    return [parse_text(text, text_format or "text")]
+
+
+def check_format(text_format) -> None:
+    if text_format not in (None, "text", "ssml"):
+        raise ProtocolError("unsupported_text_format", f"text_format {str(text_format)[:40]!r} is not supported; "
+                                                       "send \"text\" or \"ssml\"")
 
 
 def parse_voice(data: dict) -> str:
@@ -335,7 +340,7 @@ class Connection:
         self.stream_open, self.stream = True, None
         start = _parse(SynthesizeStart, event)
         voice = parse_voice(event.data)
-        text_commands("", start.text_format)  # refuse an unsupported format now, not per chunk
+        check_format(start.text_format)  # refuse an unsupported format now, not per chunk
         await self._idle()
         self.stream = self._admit(voice, streaming=True, text_format=start.text_format)
 
