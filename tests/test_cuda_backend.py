@@ -136,6 +136,26 @@ def test_vocoder_dry_run_matches_torch(models):
         assert np.abs(a - b).max() < 1e-5
 
 
+def test_half_precision_dry_run(ids):
+    """float16 weights and state through the same code (dtype plumbing), MelGAN kept in float32."""
+    from engines.base import Engine
+    from streamtts.bench_gpu import Utterance, synthesize
+    from streamtts.pack import ensure_pack
+
+    pack = ensure_pack()
+    utt = Utterance(ids[0], speaker_vector("biaobei"), 1)
+    mels = {}
+    for dtype in ("float32", "float16"):
+        acoustic = CudaTacotron(pack, "cpu", dtype=dtype, max_rows=1)
+        engine = Engine(acoustic, CudaVocoder(pack.load_vocoder(), "melgan", acoustic=acoustic))
+        assert acoustic.buffers.memory.dtype == getattr(torch, dtype) and engine.vocoder.dtype == torch.float32
+        mels[dtype], audio, _ = synthesize(engine, utt)
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 0.01
+    n = min(mels["float32"].shape[1], mels["float16"].shape[1])
+    assert abs(mels["float32"].shape[1] - mels["float16"].shape[1]) <= 2
+    assert np.abs(mels["float16"][:, :n] - mels["float32"][:, :n]).mean() < 0.05
+
+
 def test_cuda_engine_without_cuda_is_a_typed_error(monkeypatch):
     from engines.cuda_backend import DRY_RUN_ENV
     from engines.registry import create_engine
