@@ -21,7 +21,9 @@ to the JSON as soon as it is done (a run cut short keeps what it measured):
    gets at most what is left of ``--budget-s`` (default 420 s, so the whole run stays within 8
    minutes); levels that no longer fit are skipped and listed.
 
-Prints a short table last. Exit status 0 when it ran (whatever the figures), 2 for bad inputs.
+A step that fails (a capture, an out-of-memory level) is recorded under ``errors`` and the run goes
+on: a dtype whose graph capture fails is measured eagerly instead. Prints a short table last.
+Exit status 0 when it ran (whatever the figures), 2 for bad inputs.
 """
 
 from __future__ import annotations
@@ -45,12 +47,38 @@ def _save(out: Path, report: dict) -> None:
     tmp.replace(out / "gpu-check.json")
 
 
-def _engine(inputs, device: str, dtype: str, max_rows: int):
+def _engine(inputs, device: str, dtype: str, max_rows: int, graphs: bool = True):
     from engines.base import Engine
     from engines.cuda_backend import CudaTacotron, CudaVocoder
 
-    acoustic = CudaTacotron(inputs.acoustic_pack, device, dtype=dtype, max_rows=max_rows, max_symbols=256)
+    acoustic = CudaTacotron(inputs.acoustic_pack, device, dtype=dtype, max_rows=max_rows, max_symbols=256,
+                            graphs=graphs)
     return Engine(acoustic, CudaVocoder(inputs.load_vocoder(), "hifigan", acoustic=acoustic))
+
+
+def _prepare(inputs, args, dtype: str, levels: list, steps: int, report: dict):
+    """The engine of ``dtype`` with its parity measured and its blocks captured; when capture
+    (or anything on the graph path) fails, the error is recorded and the same is done eagerly,
+    so one short lease still gives figures."""
+    from streamtts import bench_gpu
+
+    refs = inputs.references
+    tbs = sorted({min(256, max(16, 1 << (len(u.ids) - 1).bit_length())) for u in inputs.utterances})
+    top = min(max(levels), 1024)  # the largest block's rows
+    for graphs in (True, False):
+        try:
+            engine = _engine(inputs, args.device, dtype, max(levels), graphs)
+            report["parity"][dtype] = bench_gpu.parity(engine, refs, inputs.utterances[:len(refs)], steps)
+            t = time.perf_counter()
+            built = engine.acoustic.warm([b for b in (1 << i for i in range(11)) if b < 2 * top], [steps], tbs)
+            report["capture"][dtype] = {"graphs": engine.acoustic.use_graphs, "blocks": built,
+                                        "seconds": time.perf_counter() - t,
+                                        "slot_buffer_mb": engine.acoustic.memory_bytes() / 2 ** 20}
+            return engine
+        except Exception as exc:  # noqa: BLE001 - recorded; the eager path is tried next
+            report.setdefault("errors", []).append(f"{dtype} graphs={graphs}: {type(exc).__name__}: {exc}")
+            print(f"{dtype} (graphs={graphs}) failed: {exc}", file=sys.stderr, flush=True)
+    return None
 
 
 def _table(report: dict) -> str:
@@ -68,6 +96,8 @@ def _table(report: dict) -> str:
                          f"{f(t['total'], '.1f')}/{f(t['decoder'], '.1f')}/{f(t['vocoder'], '.1f')}/{f(t['host'], '.1f')}")
     if report.get("skipped"):
         lines.append(f"skipped (time budget): {', '.join(report['skipped'])}")
+    for error in report.get("errors", []):
+        lines.append(f"error: {error}")
     return "\n".join(lines)
 
 
@@ -107,21 +137,13 @@ def main() -> int:
     report: dict = {"kind": "gpu-check", "environment": bench_gpu.environment(), "device": args.device,
                     "levels": levels, "dtypes": dtypes, "steps": steps, "inputs": inputs.meta["sha256"],
                     "parity": {}, "capture": {}, "rows": {}, "skipped": []}
-    refs = inputs.references
     engines = {}
     for dtype in dtypes:
-        engine = _engine(inputs, args.device, dtype, max(levels))
-        engines[dtype] = engine
-        report["parity"][dtype] = bench_gpu.parity(engine, refs, inputs.utterances[:len(refs)], steps)
-        t = time.perf_counter()
-        tbs = sorted({min(256, max(16, 1 << (len(u.ids) - 1).bit_length())) for u in inputs.utterances})
-        top = min(max(levels), 1024)  # the largest block's rows
-        built = engine.acoustic.warm([b for b in (1 << i for i in range(11)) if b < 2 * top], [steps], tbs)
-        report["capture"][dtype] = {"blocks": built, "seconds": time.perf_counter() - t,
-                                    "slot_buffer_mb": engine.acoustic.memory_bytes() / 2 ** 20}
+        engine = _prepare(inputs, args, dtype, levels, steps, report)
+        if engine is not None:
+            engines[dtype] = engine
         _save(out, report)
-    for dtype in dtypes:
-        engine = engines[dtype]
+    for dtype, engine in engines.items():
         report["rows"][dtype] = []
         for n in levels:
             left = args.budget_s - (time.perf_counter() - t_start)
@@ -129,8 +151,13 @@ def main() -> int:
                 report["skipped"].append(f"{dtype} N={n}")
                 continue
             print(f"{dtype}: {n} streams ...", file=sys.stderr, flush=True)
-            row = bench_gpu.run_level(engine, inputs.utterances, n, steps, stagger_s=args.stagger,
-                                      timeout_s=min(120.0, left - 10))
+            try:
+                row = bench_gpu.run_level(engine, inputs.utterances, n, steps, stagger_s=args.stagger,
+                                          timeout_s=min(120.0, left - 10))
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at the largest N: recorded
+                report.setdefault("errors", []).append(f"{dtype} N={n}: {type(exc).__name__}: {exc}")
+                print(f"{dtype} N={n} failed: {exc}", file=sys.stderr, flush=True)
+                break
             report["rows"][dtype].append(row)
             _save(out, report)
         if args.device.startswith("cuda"):

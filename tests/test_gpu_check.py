@@ -52,6 +52,7 @@ def test_check_dry_run_parity_and_rows(checked):
         assert r["ttfa_ms_p50"] > 0 and r["tick_ms"]["decoder"] > 0 and r["tick_ms"]["vocoder"] > 0
         assert r["gpu_max_memory_mb"] is None  # no GPU, no figure
     assert report["capture"]["float32"]["blocks"] >= 1
+    assert "errors" not in report and not report["skipped"]  # nothing failed over to the eager path
 
 
 def test_check_imports_nothing_a_bare_gpu_machine_lacks(checked):
