@@ -34,15 +34,16 @@ class Format:
     codec: Optional[str] = None
     bit_rate: int = 0  # bits per second (0: the codec's own; flac is lossless)
     options: tuple = ()  # muxer options
+    bytes_per_s: int = 2 * SAMPLE_RATE  # about, for sizing socket buffers in seconds of audio
 
 
 FORMATS = {
     # no ID3v2 tag and no Xing frame: a stream is MPEG frames from its first byte
-    "mp3": Format("audio/mpeg", "mp3", "libmp3lame", 64000, (("id3v2_version", "0"), ("write_xing", "0"))),
+    "mp3": Format("audio/mpeg", "mp3", "libmp3lame", 64000, (("id3v2_version", "0"), ("write_xing", "0")), 8000),
     # Ogg pages of at most 100 ms: the muxer holds no more than that before it writes
-    "opus": Format("audio/ogg", "ogg", "libopus", 32000, (("page_duration", "100000"),)),
-    "aac": Format("audio/aac", "adts", "aac", 64000),
-    "flac": Format("audio/flac", "flac", "flac"),
+    "opus": Format("audio/ogg", "ogg", "libopus", 32000, (("page_duration", "100000"),), 4000),
+    "aac": Format("audio/aac", "adts", "aac", 64000, (), 8000),
+    "flac": Format("audio/flac", "flac", "flac", 0, (), 24000),  # speech at 24 kHz: about half of pcm
     "wav": Format("audio/wav"),
     "pcm": Format("audio/pcm"),
 }

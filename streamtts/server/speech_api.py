@@ -39,15 +39,17 @@ from streamtts.server.encoders import SAMPLE_RATE, StreamEncoder
 from streamtts.server.speech_request import OPENAI_VOICES, BadRequest, SpeechRequest, parse_request, request_id
 from streamtts.server.state import STATE, admission_metrics, engine_unavailable
 
-__all__ = ["speech_handler", "OPENAI_VOICES", "SEND_BUFFER_BYTES", "WRITE_BUFFER_BYTES"]
+__all__ = ["speech_handler", "OPENAI_VOICES", "SEND_BUFFER_S", "WRITE_BUFFER_S", "PIECE_S"]
 
 log = logging.getLogger(__name__)
 
-# The kernel's send buffer of a speech response (Linux doubles the value for its bookkeeping):
-# without a cap it grows to megabytes, minutes of mp3, that a cancel or close would wait behind.
-SEND_BUFFER_BYTES = 64 * 1024
-# Bytes the event loop's transport may hold unsent before the next write waits for the socket.
-WRITE_BUFFER_BYTES = 16 * 1024
+# The kernel's send buffer of a speech response, in seconds of its format (Linux doubles the
+# value for its bookkeeping). Uncapped it grows to megabytes: a client that stops reading got
+# all 26 s of a test text into the socket buffers, pcm or mp3, and the engine ran to the end.
+# One second keeps real-time throughput up to about a second of round-trip time.
+SEND_BUFFER_S, MIN_SEND_BUFFER = 1.0, 8 * 1024
+# What the event loop's transport may hold unsent before the next write waits for the socket.
+WRITE_BUFFER_S, MIN_WRITE_BUFFER = 0.25, 4 * 1024
 PIECE_S = 0.2  # audio is paced and written in pieces of at most this
 _POLL_S = 0.1  # how often a paced or blocked stream looks whether its client went away
 _EMPTY = np.zeros(0, np.float32)
@@ -115,8 +117,11 @@ def speak_input(sched, job: Request, text: str) -> None:
 class _Body:
     """Writes of one response: SSE framing, the write-buffer cap, a client that went away."""
 
-    def __init__(self, request: web.Request, response: web.StreamResponse, events: bool):
+    def __init__(self, request: web.Request, response: web.StreamResponse, events: bool, bytes_per_s: int):
         self.request, self.response, self.events = request, response, events
+        bytes_per_s = bytes_per_s * 4 // 3 if events else bytes_per_s  # base64
+        self.send_buffer = max(MIN_SEND_BUFFER, int(SEND_BUFFER_S * bytes_per_s))
+        self.write_buffer = max(MIN_WRITE_BUFFER, int(WRITE_BUFFER_S * bytes_per_s))
 
     def gone(self) -> bool:
         transport = self.request.transport
@@ -127,7 +132,7 @@ class _Body:
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
             except OSError:  # not a socket that takes it (a pipe in a test): only less bounded
                 pass
 
@@ -141,7 +146,7 @@ class _Body:
         # so what is counted as delivered has left this process
         wait = 0.01
         transport = self.request.transport
-        while transport is not None and transport.get_write_buffer_size() > WRITE_BUFFER_BYTES:
+        while transport is not None and transport.get_write_buffer_size() > self.write_buffer:
             if self.gone():
                 raise ConnectionResetError("the client went away")
             await asyncio.sleep(wait)
@@ -189,7 +194,7 @@ async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str) -> w
                         "Access-Control-Expose-Headers": "x-request-id"})
     response = web.StreamResponse(headers=headers)
     response.enable_chunked_encoding()
-    body = _Body(request, response, sp.stream_format == "sse")
+    body = _Body(request, response, sp.stream_format == "sse", encoder.spec.bytes_per_s)
     pcm = AudioEncoder("pcm_s16le", SAMPLE_RATE)  # 22.05 kHz float -> 24 kHz s16le (soxr)
     pacer = Pacer(state.config.max_lead_s)
     audio_s, first = 0.0, True
