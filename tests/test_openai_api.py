@@ -12,6 +12,7 @@ import dataclasses
 import http.client
 import io
 import json
+import logging
 import socket
 import time
 import urllib.request
@@ -271,3 +272,22 @@ def test_stalled_reader_does_not_make_the_server_run_ahead(server):
     finally:
         sock.close()
         state.config = paced
+
+
+def test_client_that_goes_away_is_no_error(server, caplog):
+    post(server, {"model": "tts-1", "voice": "alloy", "input": SENTENCE, "response_format": "pcm"})  # cache it
+    caplog.set_level("DEBUG")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/audio/speech", body=json.dumps({"model": "tts-1", "voice": "alloy", "input": SENTENCE * 6,
+                                                              "stream_format": "sse"}),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.read1(4096)
+    conn.sock.shutdown(socket.SHUT_RDWR)  # gone while the stream is paced
+    conn.close()
+    deadline = time.monotonic() + 10
+    while _speech_job(server) is not None:
+        assert time.monotonic() < deadline, "the request's work outlived its client"
+        time.sleep(0.05)
+    assert any("went away" in r.getMessage() and r.levelname == "DEBUG" for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
