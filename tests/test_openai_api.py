@@ -291,3 +291,16 @@ def test_client_that_goes_away_is_no_error(server, caplog):
         time.sleep(0.05)
     assert any("went away" in r.getMessage() and r.levelname == "DEBUG" for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_openai_sdk_sse_as_livekit_reads_it(client):
+    """The plugin's code path: the SDK's streaming response, request_id, iter_lines."""
+    with client.audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts", voice="ash", input=TEXT, response_format="mp3", speed=1.0,
+            stream_format="sse", extra_headers={"x-client-request-id": "lk-req-1"}) as stream:
+        assert stream.request_id == "lk-req-1"
+        assert stream.headers["content-type"].split(";")[0] == "text/event-stream"
+        events = [json.loads(line[len("data: "):]) for line in stream.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events][-1] == "speech.audio.done"
+    samples, rate, _, _ = decode(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]))
+    assert rate == 24000 and len(samples) > rate * 0.5
