@@ -228,7 +228,8 @@ def test_reader_gets_audio_at_most_the_lead_ahead(server):
     assert total_s > 6, "four sentences"
     # the audio was ready at once (cached): only pacing spread it over its own duration
     assert elapsed > total_s - LEAD_S - 1.0
-    assert max(ahead) < LEAD_S + 2 * PIECE_S + 0.3
+    # the lead, a piece, and room for a late first read on a busy machine (unpaced: all 8 s)
+    assert max(ahead) < LEAD_S + PIECE_S + 0.8
 
 
 def test_stalled_reader_does_not_make_the_server_run_ahead(server):
