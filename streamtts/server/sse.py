@@ -10,7 +10,8 @@ the deltas joined are the same bytes ``stream_format: "audio"`` would send.
 Usage is counted the way this server can count honestly, as OpenAI's fields name it:
 ``input_tokens`` is the number of characters of ``input`` plus ``instructions`` (one token per
 character: a Chinese character is about one token), ``output_tokens`` one per 50 ms of audio
-sent (20 a second, the rate of OpenAI's audio tokens), ``total_tokens`` their sum.
+sent (a fixed rate of this server's choosing; there are no audio tokens here), ``total_tokens``
+their sum. Clients use it for accounting only (LiveKit's plugin reports it as token usage).
 """
 
 from __future__ import annotations
