@@ -186,6 +186,9 @@ def test_request_id(server):
     ({"instructions": "慢" * 5000}, "bad_instructions", "instructions"),
     ({"model": 4}, "bad_message", "model"),
     ({"speed": 0.25}, "bad_speed", "speed"),
+    ({"input": "<speak>你好"}, "invalid_ssml", "input"),
+    ({"input": '<?xml version="1.0"?><!DOCTYPE s [<!ENTITY a "aaaa">]><speak>&a;</speak>'}, "invalid_ssml",
+     "input"),
 ])
 def test_bad_requests_are_typed_400s(server, change, code, param):
     status, headers, data = post(server, {"model": "tts-1", "voice": "alloy", "input": "你好。", **change})
@@ -193,6 +196,17 @@ def test_bad_requests_are_typed_400s(server, change, code, param):
     assert status == 400 and headers["x-request-id"]
     assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
     assert error["message"]
+
+
+def test_an_input_that_is_a_speak_document_is_ssml(server):
+    def seconds(text: str) -> float:
+        status, _, data = post(server, {"model": "tts-1", "input": text, "response_format": "pcm"})
+        assert status == 200
+        return len(data) / 2 / 24000
+
+    plain = seconds("你好。世界。")
+    ssml = seconds('<speak>你好。<break time="1s"/>世界。</speak>')
+    assert 0.6 < ssml - plain < 0.8  # the 1 s break in place of the full stop's 300 ms
 
 
 def test_serves_after_errors(server):

@@ -5,7 +5,8 @@
 
 Fields (OpenAI's names and defaults; unknown fields are ignored, as OpenAI-compatible servers do):
 
-* ``input`` (required): 1..max_chars characters with something speakable.
+* ``input`` (required): 1..max_chars characters with something speakable; one that begins
+  with ``<speak`` (or ``<?xml``) is an SSML document (``invalid_ssml`` when malformed).
 * ``voice``: a name (ours, a blend ``"Aiyue:0.7,biaobei:0.3"``, or one of OpenAI's, mapped by
   ``OPENAI_VOICES``) or ``{"id": name}``; absent: the default voice. ``null`` or another type
   is ``bad_voice``; an unknown name is ``unknown_voice``.
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 from streamtts.constants import MAX_SPEED, MIN_SPEED
 from streamtts.errors import StreamTTSError
-from streamtts.protocol import ProtocolError, check_text
+from streamtts.protocol import ProtocolError, check_text, parse_text
 from streamtts.server.encoders import FORMATS
 from streamtts.voices import resolve_voice
 
@@ -101,6 +102,8 @@ def parse_request(body, max_chars: int) -> SpeechRequest:
         raise BadRequest("bad_message", "input is required", "input")
     try:
         text = check_text(body["input"], max_chars)
+        # an input that is a <speak> document is SSML (parsed now: invalid_ssml is a 400)
+        text = parse_text(text, "ssml" if text.lstrip().startswith(("<speak", "<?xml")) else "text")
     except ProtocolError as exc:
         raise BadRequest(exc.code, exc.message.replace("text", "input", 1), "input") from None
     voice = resolve_openai_voice(body["voice"]) if "voice" in body else resolve_voice(None)
