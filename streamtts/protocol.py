@@ -53,6 +53,7 @@ CLOSE_CODES = {"too_many_sessions": 1013, "server_busy": 1013, "engine_unavailab
                "message_too_large": 1009, "bad_utf8": 1007, "idle_timeout": 1001, "going_away": 1001,
                "unauthorized": 1008, "rate_limited": 1008, "outbox_full": 1008, "too_many_errors": 1008}
 MAX_SEED = 2**31 - 1
+FRAME_S = 0.25  # longest binary frame of audio, in seconds
 _DONE = object()  # outbox placeholder of the `done` message
 
 
@@ -552,7 +553,11 @@ class Session:
         self._position += len(data) // self.encoder.sample_width
         self.buffered_bytes += len(data)
         self.outbox_bytes += len(data)
-        self._outbox.append(data)
+        # frames of at most FRAME_S: pacing then keeps its lead to the frame, and a whole cached
+        # sentence (seconds of audio at once) reaches the client as a stream, not one block
+        step = max(1, int(FRAME_S * self.options.sample_rate)) * self.encoder.sample_width
+        for i in range(0, len(data), step):
+            self._outbox.append(data[i:i + step])
         self._check_outbox()
 
     def _error(self, code: str, message: str, fatal: bool = False) -> None:
