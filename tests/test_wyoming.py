@@ -343,3 +343,10 @@ def test_serve_flags():
     assert (args.wyoming_port, args.wyoming_host) == (10200, "0.0.0.0")
     args = build_parser().parse_args(["serve"])
     assert args.wyoming_port is None and args.wyoming_host is None  # off unless asked
+
+
+def test_a_voice_blend_by_name(server):
+    blend = cycles(run(synthesize(server, "你好。", "Aiyue:0.5,biaobei:0.5")))
+    parents = [cycles(run(synthesize(server, "你好。", v)))[0] for v in ("Aiyue", "biaobei")]
+    assert len(blend) == 1 and seconds(blend[0]) > 0.3
+    assert all(blend[0] != p for p in parents)
