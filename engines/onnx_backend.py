@@ -80,6 +80,10 @@ def session_options(threads: int) -> ort.SessionOptions:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
     so.log_severity_level = 3  # the Loop body's shape-inference notices are noise
+    # No CPU memory arena: batch sizes and window widths vary from call to call, and the arena
+    # keeps every high-water mark for good (a long soak saw steps of ~10 MB); malloc hands large
+    # blocks back. Measured on 8 sentences: no slower within run-to-run noise, 45 MB less peak RSS.
+    so.enable_cpu_mem_arena = False
     return so
 
 
