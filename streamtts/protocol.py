@@ -255,6 +255,7 @@ class Session:
         self.valid_at = clock()  # when the last valid client message came (the idle timer)
         self.error_streak = 0  # client messages in a row answered with an error
         self.outbox_bytes = 0  # everything queued, JSON included (bounded by max_outbox_bytes)
+        self.fatal_code: Optional[str] = None  # the code of the fatal error that closed it
         self.state = State.NEW
         self.options: Optional[Options] = None
         self.generation = 0
@@ -542,6 +543,7 @@ class Session:
         self.outbox_bytes = self.buffered_bytes = 0
         self.state = State.CLOSED
         self.close_code = CLOSE_CODES["outbox_full"]
+        self.fatal_code = "outbox_full"
         self._queue(error_message("outbox_full", f"more than {self.limits.max_outbox_bytes} bytes are waiting "
                                                  "for this client, which does not read; closing", fatal=True))
 
@@ -563,6 +565,7 @@ class Session:
     def _error(self, code: str, message: str, fatal: bool = False) -> None:
         self._queue(error_message(code, message, fatal))
         if fatal:
+            self.fatal_code = code
             self.state = State.CLOSED
             self.close_code = CLOSE_CODES.get(code, 1008)
 

@@ -112,7 +112,9 @@ class Connection:
                     if not self._kicked:
                         raise  # this handler itself is cancelled
             self.wakeup.set()
-            if self.session.state is State.CLOSED and not sender.done():
+            if self.session.fatal_code == "outbox_full":
+                self.abort()  # it does not read: nothing more can reach it
+            elif self.session.state is State.CLOSED and not sender.done():
                 await asyncio.wait({sender}, timeout=_FLUSH_TIMEOUT_S)
         finally:
             sender.cancel()
