@@ -26,7 +26,6 @@ How to call::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from streamtts.bench_gpu import Utterance
+from streamtts.cachefiles import sha256_file
 from streamtts.errors import StreamTTSError
 from streamtts.models.acoustic import Tacotron2
 from streamtts.models.config import AcousticConfig
@@ -54,14 +54,6 @@ class GpuInputsError(StreamTTSError):
     """The GPU check's input folder is missing, incomplete or of another format."""
 
     code = "gpu_inputs"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -142,7 +134,7 @@ def write_inputs(folder: Path, texts: Sequence[str], voice: str = "biaobei", ref
     save_file(tensors, str(folder / REFERENCE))
     meta = {"format": FORMAT, "voice": voice, "speaker": spk.tolist(), "sentences": sentences,
             "reference_steps": ref_steps, "steps": steps,
-            "sha256": {name: _sha256(folder / name) for name in (ACOUSTIC, HIFIGAN, REFERENCE)}}
+            "sha256": {name: sha256_file(folder / name) for name in (ACOUSTIC, HIFIGAN, REFERENCE)}}
     (folder / "inputs.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
     size = folder_bytes(folder)
     if size > LIMIT_BYTES:
@@ -164,7 +156,7 @@ def load_inputs(folder: Path, meta: dict[str, Any] | None = None, partial: bool 
             raise GpuInputsError(f"{folder} is of format {meta.get('format')}, expected {FORMAT}; run "
                                  "scripts/gpu-prep.py again")
         for name, digest in meta["sha256"].items():
-            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                 raise GpuInputsError(f"{folder / name} is missing or does not match inputs.json; run "
                                      "scripts/gpu-prep.py again")
     spk = np.asarray(meta["speaker"], np.float32)
