@@ -16,7 +16,7 @@ to the JSON as soon as it is done (a run cut short keeps what it measured):
    reference: max abs mel / audio difference and the stop steps;
 2. capture of the decoder blocks the rows will use (bucket x memory width x steps), timed;
 3. per dtype (``--dtypes``, default float16 then float32) and level (``--levels``, default
-   1,64,256,512,1024,2048): N streams in process (streamtts/bench_gpu.py): TTFA p50/p99, streams
+   1,64,256,512,1024,2048): N streams in process (streamtts/bench/gpu.py): TTFA p50/p99, streams
    holding real time, GPU memory, tick time split into decoder / vocoder / encoder / host. A level
    gets at most what is left of ``--budget-s`` (default 420 s, so the whole run stays within 8
    minutes); levels that no longer fit are skipped and listed.
@@ -60,7 +60,7 @@ def _prepare(inputs, args, dtype: str, levels: list, steps: int, report: dict):
     """The engine of ``dtype`` with its parity measured and its blocks captured; when capture
     (or anything on the graph path) fails, the error is recorded and the same is done eagerly,
     so one short lease still gives figures."""
-    from streamtts import bench_gpu
+    from streamtts.bench import gpu as bench_gpu
 
     refs = inputs.references
     tbs = sorted({min(256, max(16, 1 << (len(u.ids) - 1).bit_length())) for u in inputs.utterances})
@@ -121,9 +121,9 @@ def main() -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from engines.cuda_backend import resolve_device
-    from streamtts import bench_gpu
+    from streamtts.bench import gpu as bench_gpu
     from streamtts.errors import StreamTTSError
-    from streamtts.gpu_inputs import load_inputs
+    from streamtts.bench.gpu_inputs import load_inputs
 
     try:
         resolve_device(args.device)

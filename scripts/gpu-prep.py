@@ -5,7 +5,7 @@
     python scripts/gpu-prep.py DIR --references 4   # or elsewhere; texts with --text (repeatable)
 
 Writes float16 copies of the acoustic and HiFiGAN weights, the test sentences' input ids, and CPU
-float32 reference mels and audio (streamtts/gpu_inputs.py); checks the folder fits the 64 MiB that
+float32 reference mels and audio (streamtts/bench/gpu_inputs.py); checks the folder fits the 64 MiB that
 travel with the working tree. Then, on the GPU machine: ``python scripts/gpu-check.py OUT``.
 """
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     from streamtts.errors import StreamTTSError
     from streamtts.evaluation.sentences import TEST_SENTENCES
-    from streamtts.gpu_inputs import write_inputs
+    from streamtts.bench.gpu_inputs import write_inputs
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", nargs="?", default=str(ROOT / "shared" / "gpu-inputs"))

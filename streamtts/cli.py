@@ -72,9 +72,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
     from engines.registry import create_engine
-    from streamtts.audio import write_wav
+    from streamtts.audio.wav import write_wav
     from streamtts.constants import DEFAULT_SEED
-    from streamtts.speech import Audio, Speaker
+    from streamtts.speaker import Audio, Speaker
     from streamtts.text import phonemize
     from streamtts.voices import resolve_voice
 
@@ -105,12 +105,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from streamtts import bench
+    from streamtts.bench import engines as bench
 
     if args.device and not args.concurrency:
         args.concurrency = "1,64,256,512,1024,2048"
     if args.concurrency:
-        from streamtts import bench_capacity
+        from streamtts.bench import capacity as bench_capacity
 
         try:
             levels = [int(n) for n in args.concurrency.split(",") if n.strip()]
@@ -118,8 +118,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             levels = []
         if not levels or min(levels) < 1:
             raise StreamTTSError("--concurrency takes stream counts >= 1, e.g. 1,4,8")
-        if args.device:  # the cuda backend's engine figures (streamtts/bench_gpu.py)
-            from streamtts import bench_gpu
+        if args.device:  # the cuda backend's engine figures (streamtts/bench/gpu.py)
+            from streamtts.bench import gpu as bench_gpu
 
             bench_gpu.run(levels, args.device, args.dtype, args.vocoder, json_path=args.json, voice=args.voice)
             return 0
@@ -180,7 +180,7 @@ def _cmd_say(args: argparse.Namespace) -> int:
 
 
 def _cmd_loadtest(args: argparse.Namespace) -> int:
-    from streamtts.loadtest import main as loadtest_main
+    from streamtts.loadtest.run import main as loadtest_main
 
     return loadtest_main(args)
 
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="passes over the sentences for the timings")
     p.add_argument("--vocoder", default="auto", help="vocoder: melgan, hifigan, auto (default: melgan)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one engine in this process
-    g = p.add_argument_group("capacity benchmark (streamtts/bench_capacity.py)")
+    g = p.add_argument_group("capacity benchmark (streamtts/bench/capacity.py)")
     g.add_argument("--concurrency", metavar="N,N,...",
                    help="run the capacity benchmark instead: this many concurrent LLM-fed streams each")
     g.add_argument("--engine", default="onnx-int8", help="acoustic backend of the capacity benchmark")
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="underrun a stream may have in all and still count as held (default 20)")
     g.add_argument("--no-player-buffer", action="store_true",
                    help="players do not report what they hold (no pause at 5 s ahead)")
-    g = p.add_argument_group("GPU benchmark (streamtts/bench_gpu.py)")
+    g = p.add_argument_group("GPU benchmark (streamtts/bench/gpu.py)")
     g.add_argument("--device", choices=["cuda", "cpu"],
                    help="run the cuda backend's in-process benchmark on this device instead (cpu: its dry run)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     say_arguments(p)
     p.set_defaults(func=_cmd_say)
 
-    from streamtts.loadtest import add_arguments as loadtest_arguments
+    from streamtts.loadtest.run import add_arguments as loadtest_arguments
 
     p = sub.add_parser("loadtest", help="load and soak a running server with checking clients (exit 1 on a "
                                         "violation)")

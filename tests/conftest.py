@@ -28,7 +28,7 @@ def wheel(pack):
 
 @pytest.fixture(scope="session")
 def synth(pack):
-    from streamtts.synthesis import Synthesizer
+    from streamtts.reference import Synthesizer
 
     return Synthesizer(pack)
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from streamtts.chunker import PAUSE_MS, Chunk, SentenceChunker, split_text
+from streamtts.text.chunker import PAUSE_MS, Chunk, SentenceChunker, split_text
 
 CLOSING = "。｡.．！!？?；;…”’」』）)]】》\"'，、,：:—"
 

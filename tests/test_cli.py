@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from streamtts.audio import read_wav
+from streamtts.audio.wav import read_wav
 from streamtts.voices import VOICES
 
 

@@ -139,7 +139,7 @@ def test_vocoder_dry_run_matches_torch(models):
 def test_half_precision_dry_run(ids):
     """float16 weights and state through the same code (dtype plumbing), MelGAN kept in float32."""
     from engines.base import Engine
-    from streamtts.bench_gpu import Utterance, synthesize
+    from streamtts.bench.gpu import Utterance, synthesize
     from streamtts.pack import ensure_pack
 
     pack = ensure_pack()

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamtts.chunker import SentenceChunker, preload, split_text
+from streamtts.text.chunker import SentenceChunker, preload, split_text
 from streamtts.core.outputs import SpokenSegment
 from streamtts.errors import EmptyTextError, NoSpeakableTextError
 from streamtts.protocol import FORMATS, CancelEvent, Limits, Session, State, parse_options

@@ -18,7 +18,7 @@ CHECK = ROOT / "scripts" / "gpu-check.py"
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from streamtts.gpu_inputs import LIMIT_BYTES, write_inputs
+    from streamtts.bench.gpu_inputs import LIMIT_BYTES, write_inputs
 
     folder = tmp_path_factory.mktemp("gpu-inputs")
     threads = torch.get_num_threads()

@@ -15,7 +15,7 @@ from streamtts.core.outputs import AudioOut, FinishedOut
 from streamtts.core.request import END, TEXT, Request
 from streamtts.evaluation.metrics import corpus_error_rate
 from streamtts.evaluation.sentences import TEST_SENTENCES
-from streamtts.speech import Speaker
+from streamtts.speaker import Speaker
 
 pytestmark = pytest.mark.slow
 

@@ -63,7 +63,7 @@ def test_protocol_imports_no_torch_engines_or_server():
 
 
 def test_codec_and_constants_are_light():
-    proc = _run(PROTOCOL_CHECK.replace("import streamtts.protocol,", "import streamtts.codec, streamtts.constants,"))
+    proc = _run(PROTOCOL_CHECK.replace("import streamtts.protocol,", "import streamtts.audio.codec, streamtts.constants,"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

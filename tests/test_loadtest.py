@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from streamtts.bench_ws import Server
-from streamtts.loadtest_report import Parity
-from streamtts.loadtest_session import BEHAVIOURS
-from streamtts.loadtest_wire import SessionLog, Utterance, Wire
+from streamtts.bench.ws import Server
+from streamtts.loadtest.report import Parity
+from streamtts.loadtest.session import BEHAVIOURS
+from streamtts.loadtest.wire import SessionLog, Utterance, Wire
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_parity_flags_audio_that_is_not_the_streams_own():
 
 
 def test_rss_growth_is_measured_after_warm_up_and_the_phrase_cache_filling():
-    from streamtts.loadtest_report import rss_summary
+    from streamtts.loadtest.report import rss_summary
 
     mb = 1024 * 1024
     # the cache grows until 40 s of a 60 s run, then stays: warm-up ends there, not at 20 s

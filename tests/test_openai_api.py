@@ -27,7 +27,7 @@ openai = pytest.importorskip("openai")
 
 from streamtts.core.request import Status  # noqa: E402
 from streamtts.server import ServerConfig  # noqa: E402
-from streamtts.server.speech_api import PIECE_S, SEND_BUFFER_S, WRITE_BUFFER_S  # noqa: E402
+from streamtts.server.openai_api import PIECE_S, SEND_BUFFER_S, WRITE_BUFFER_S  # noqa: E402
 
 TEXT = "你好，今天天气很好。"
 SENTENCE = "这是一句要说很久的话。"  # spoken once first, so that repeats of it come from the cache

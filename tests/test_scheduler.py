@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamtts.chunker import split_text
+from streamtts.text.chunker import split_text
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut, SpokenSegment
 from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request, Status
 from streamtts.core.scheduler import BlockSchedule, RowResult, RunnerOutput, Scheduler, SchedulerConfig

@@ -14,7 +14,7 @@ import pytest
 
 from streamtts.protocol import Limits
 from streamtts.server import ServerConfig
-from streamtts.speech import Audio, Speaker
+from streamtts.speaker import Audio, Speaker
 from test_server import ServerThread, collect, events, jsend, ws_connect
 
 # (text, voice, seed): different lengths, voices and seeds, so a mix-up shows

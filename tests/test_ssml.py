@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamtts.chunker import SentenceChunker, split_text
-from streamtts.core.markup import MarkupChunker, effective_speed, shown_chars
+from streamtts.text.chunker import SentenceChunker, split_text
+from streamtts.text.markup_chunker import MarkupChunker, effective_speed, shown_chars
 from streamtts.errors import LexiconError, SsmlError
 from streamtts.protocol import Session
 from streamtts.text import phonemize, phonemize_spans
@@ -291,7 +291,7 @@ def test_inline_groups_pushed_in_fragments_equal_the_whole_and_are_never_cut(pie
         i += k
     got += ch.flush()
     assert got == whole
-    from streamtts.inline_syntax import INLINE
+    from streamtts.text.inline import INLINE
 
     for m in INLINE.finditer(text):
         assert any(c.start <= m.start() and m.end() <= c.end for c in whole), (m.group(0), whole)

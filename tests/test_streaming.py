@@ -14,7 +14,7 @@ from streamtts.core.engine import SpeechEngine, scheduler_config_for
 from streamtts.core.outputs import AudioOut, FinishedOut, PauseOut
 from streamtts.core.request import END, TEXT, Request
 from streamtts.core.scheduler import BlockSchedule
-from streamtts.speech import Audio, Segment, Speaker
+from streamtts.speaker import Audio, Segment, Speaker
 from streamtts.text import phonemize
 
 SENTENCE = "今天天气很好，我们一起去公园散步吧。"
@@ -36,7 +36,7 @@ def int8_engine(pack):
 
 def whole_chunks(synth, text: str, voice: str, seed: int) -> list[np.ndarray]:
     """Whole-utterance audio of each chunk of ``text`` (decode all, postnet all, vocode all)."""
-    from streamtts.chunker import split_text
+    from streamtts.text.chunker import split_text
 
     out = []
     for chunk in split_text(text):

@@ -140,7 +140,7 @@ from test_server import ServerThread, collect, events, jsend, shared_engine, ws_
 
 
 def test_a_one_voice_blend_sounds_like_that_voice(pack):
-    from streamtts.speech import Speaker
+    from streamtts.speaker import Speaker
 
     speaker = Speaker(shared_engine(pack))
     alone = speaker.synthesize("你好。", "Aiyue")

@@ -1,5 +1,5 @@
 """One scheduler and one runner around an engine: the single orchestration that the library API
-(:mod:`streamtts.speech`) and the server's worker thread both drive::
+(:mod:`streamtts.speaker`) and the server's worker thread both drive::
 
     core = SpeechEngine(create_engine("auto"), cache=None, config=SchedulerConfig())
     core.scheduler.add_request(req); core.scheduler.command(req, TEXT, 0, "你好。")

@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from streamtts.chunker import Chunk
-from streamtts.core.markup import MarkupChunker
+from streamtts.text.chunker import Chunk
+from streamtts.text.markup_chunker import MarkupChunker
 
 TEXT, FLUSH, END, CANCEL, CLOSE = "text", "flush", "end", "cancel", "close"
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from engines.base import AcousticRow, Engine, MelOut
 from streamtts.core.cache import CacheKey, CachedChunk, PhraseCache
-from streamtts.core.markup import effective_speed, shown_chars
+from streamtts.text.markup_chunker import effective_speed, shown_chars
 from streamtts.core.outputs import SpokenSegment
 from streamtts.core.scheduler import Begin, Plan, RowResult, RunnerOutput
 from streamtts.core.stream import MelStream

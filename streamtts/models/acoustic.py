@@ -1,7 +1,7 @@
 """Tacotron2-style acoustic model: text ids + speaker vector -> 80-band log-mel frames.
 
 The model exposes single steps on explicit tensors; the autoregressive loop lives in
-:mod:`streamtts.synthesis`. Shapes (B = batch, T = input symbols, M = 288 memory width)::
+:mod:`streamtts.reference`. Shapes (B = batch, T = input symbols, M = 288 memory width)::
 
     memory = model.encode(ids (B, T) long, speaker (B, 32) float)        -> (B, T, M)
     keys   = model.decoder.attention.memory_keys(memory)                   -> (B, T, 64)

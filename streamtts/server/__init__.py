@@ -6,7 +6,7 @@
 
 Names are imported lazily, so importing a submodule (``streamtts.server.config``, say) does not pull
 in aiohttp. The sans-I/O protocol and its audio codec live outside this package
-(``streamtts.protocol``, ``streamtts.codec``) and import nothing from it.
+(``streamtts.protocol``, ``streamtts.audio.codec``) and import nothing from it.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from streamtts.server.admission import Admission
 from streamtts.server.config import ServerConfig
 from streamtts.server.limits import Guard, guard_middleware, redact_secrets_in_logs
 from streamtts.server.metrics import Metrics
-from streamtts.server.speech_api import OPENAI_VOICES, speech_handler
+from streamtts.server.openai_api import OPENAI_VOICES, speech_handler
 from streamtts.protocol import error_message
 from streamtts.server.state import STATE, ServerState, openai_error
 from streamtts.server.worker import Worker

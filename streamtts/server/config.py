@@ -47,7 +47,7 @@ class ServerConfig:
     auth_failure_burst: float = 10.0
     max_input_chars: int = 4096  # `input` of POST /v1/audio/speech (OpenAI's limit)
     max_buffered_s: float = 5.0  # audio a session may have waiting for its client before it pauses
-    # Audio a stream may be ahead of its listener's real-time clock (see streamtts/core/pacing.py);
+    # Audio a stream may be ahead of its listener's real-time clock (see streamtts/audio/pacing.py);
     # a cancel reaches a playback-speed reader after at most this much audio. <= 0: no pacing.
     max_lead_s: float = 2.0
     drain_timeout_s: float = 10.0  # on SIGTERM/SIGINT: time active utterances get to finish

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from engines.base import Engine
-from streamtts.chunker import preload
+from streamtts.text.chunker import preload
 from streamtts.constants import DEFAULT_SEED
 from streamtts.core.cache import PhraseCache
 from streamtts.core.engine import SpeechEngine, scheduler_config_for

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from streamtts.constants import NATIVE_RATE
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
-from streamtts.core.pacing import Pacer
+from streamtts.audio.pacing import Pacer
 from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request
 from streamtts.protocol import (CancelEvent, EndEvent, FlushEvent, Session, StartEvent, State, TextEvent,
                                 error_message)

@@ -43,7 +43,7 @@ from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, Synthesiz
                          SynthesizeVoice)
 
 from streamtts import __version__
-from streamtts.codec import AudioEncoder
+from streamtts.audio.codec import AudioEncoder
 from streamtts.constants import DEFAULT_SEED, NATIVE_RATE
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
 from streamtts.core.request import CLOSE, END, TEXT, Request

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ..inline_syntax import HANZI, INLINE
+from .inline import HANZI, INLINE
 from .symbols import syllable_phonemes
 
 HANZI_RE = re.compile("[%s]" % HANZI)

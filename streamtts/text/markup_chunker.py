@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from streamtts.chunker import PAUSE_MS, Chunk, SentenceChunker, split_text
+from streamtts.text.chunker import PAUSE_MS, Chunk, SentenceChunker, split_text
 from streamtts.constants import MAX_SPEED, MIN_SPEED
 from streamtts.text.markup import MarkedText, Span
 

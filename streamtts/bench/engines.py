@@ -17,7 +17,7 @@ a thin wrapper around the engine's two stages (:class:`TimedAcoustic`, :class:`T
 nothing inside the engine is patched.
 
 ``streamtts bench --concurrency 1,4,8`` is the capacity benchmark instead:
-:mod:`streamtts.bench_capacity`.
+:mod:`streamtts.bench.capacity`.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 
 def _run_streaming(engine_name: str, vocoder: str, sentences: list[str], voice: str,
                    repeats: int) -> tuple[dict, list[np.ndarray]]:
-    from streamtts.speech import Audio, Speaker
+    from streamtts.speaker import Audio, Speaker
 
     engine, ta, tv = timed_engine(engine_name, vocoder)
     speaker = Speaker(engine)
@@ -164,7 +164,7 @@ def _run_streaming(engine_name: str, vocoder: str, sentences: list[str], voice: 
 
 
 def _run_baseline(sentences: list[str], voice: str, repeats: int) -> tuple[dict, list[np.ndarray]]:
-    from streamtts.synthesis import Synthesizer
+    from streamtts.reference import Synthesizer
     from streamtts.text import phonemize
 
     synth = Synthesizer()

@@ -21,222 +21,39 @@ so is every audio frame and segment of the cancelled text still waiting to be se
 
 from __future__ import annotations
 
-import enum
 import json
-import math
 import time
-import unicodedata
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
 import numpy as np
 
-from streamtts.codec import FORMATS, NATIVE_RATE, SAMPLE_RATES, AudioEncoder, mulaw_decode, mulaw_encode
+from streamtts.audio.codec import NATIVE_RATE, AudioEncoder
+from streamtts.audio.pacing import Pacer
 from streamtts.core.outputs import SpokenSegment
-from streamtts.core.pacing import Pacer
-from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
-from streamtts.errors import StreamTTSError
-from streamtts.voices import resolve_voice
-
-__all__ = [
-    "State", "Options", "Limits", "Session", "SpokenSegment", "StartEvent", "TextEvent",
-    "FlushEvent", "CancelEvent", "EndEvent", "ProtocolError", "parse_options", "check_text", "parse_text",
-    "error_message", "CLOSE_CODES", "TokenBucket", "AudioEncoder", "FORMATS", "SAMPLE_RATES",
-    "mulaw_encode", "mulaw_decode",
-]
-
-
-# WebSocket close code for each fatal error (RFC 6455 section 7.4.1).
-CLOSE_CODES = {"too_many_sessions": 1013, "server_busy": 1013, "engine_unavailable": 1011, "internal": 1011,
-               "message_too_large": 1009, "bad_utf8": 1007, "idle_timeout": 1001, "going_away": 1001,
-               "unauthorized": 1008, "rate_limited": 1008, "outbox_full": 1008, "too_many_errors": 1008}
-MAX_SEED = 2**31 - 1
-FRAME_S = 0.25  # longest binary frame of audio, in seconds
-_DONE = object()  # outbox placeholder of the `done` message
-
-
-class State(enum.Enum):
-    NEW = "new"  # nothing received yet (or only rejected `start`s)
-    READY = "ready"  # options fixed, `ready` sent; text may come
-    ENDING = "ending"  # `end` received: speaking what is left, then `done`
-    CLOSED = "closed"  # `done` or a fatal error sent; the socket should close
-
-
-class ProtocolError(Exception):
-    """A client mistake with its error code (see docs/protocol.md)."""
-
-    def __init__(self, code: str, message: str, fatal: bool = False):
-        super().__init__(message)
-        self.code, self.message, self.fatal = code, message, fatal
-
-
-@dataclass(frozen=True)
-class Options:
-    voice: str = "biaobei"
-    format: str = "pcm_s16le"
-    sample_rate: int = NATIVE_RATE
-    speed: float = 1.0
-    seed: int = DEFAULT_SEED
-    text_format: str = "text"  # of `text` messages that give none: "text" or "ssml" (one <speak> document each)
-
-
-TEXT_FORMATS = ("text", "ssml")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_message_bytes: int = 64 * 1024  # one client message (larger: message_too_large, session goes on)
-    max_text_chars: int = 4096  # `text` of one message
-    max_session_chars: int = 100_000  # all `text` of one session
-    rate: float = 60.0  # client messages per second, sustained (token bucket) ...
-    burst: float = 120.0  # ... and in a burst
-    # Bytes (audio and JSON) queued for a client that does not read: past this the session is
-    # closed (`outbox_full`). Audio alone stays far below it (flow control pauses synthesis at
-    # max_buffered_s), so only a client that sends and never reads reaches it.
-    max_outbox_bytes: int = 2 * 1024 * 1024
-    max_error_streak: int = 100  # client messages in a row answered with an error: then closed
-
-
-@dataclass(frozen=True)
-class StartEvent:
-    options: Options
-
-
-@dataclass(frozen=True)
-class TextEvent:
-    text: str
-    generation: int
-
-
-@dataclass(frozen=True)
-class FlushEvent:
-    generation: int
-
-
-@dataclass(frozen=True)
-class CancelEvent:
-    generation: int  # the new generation: results of older ones are dropped
-
-
-@dataclass(frozen=True)
-class EndEvent:
-    generation: int
-
-
-Event = Union[StartEvent, TextEvent, FlushEvent, CancelEvent, EndEvent]
-Outgoing = Union[dict, bytes]
-
-
-class TokenBucket:
-    """``take()`` is True while the rate allows: ``rate`` per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self.clock = float(rate), float(burst), clock
-        self.tokens, self.stamp = float(burst), clock()
-
-    def take(self, n: float = 1.0) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= n:
-            self.tokens -= n
-            return True
-        return False
-
-
-def error_message(code: str, message: str, fatal: bool = False) -> dict:
-    return {"type": "error", "code": code, "message": message, "fatal": fatal}
-
-
-def _number(value, what: str, code: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProtocolError(code, f"{what} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def parse_options(msg: dict) -> Options:
-    """Options of a `start` message (all fields optional; unknown fields ignored)."""
-    voice = msg.get("voice")
-    if "voice" in msg and not isinstance(voice, (str, dict)):  # dict: a blend {"Aiyue": 0.7, ...}; null is a wrong type too
-        raise ProtocolError("bad_message", "voice must be a string or an object {voice: weight}")
-    try:
-        voice = resolve_voice(voice)
-    except StreamTTSError as exc:
-        raise ProtocolError(exc.code, exc.message) from None
-    fmt = msg.get("format", "pcm_s16le")
-    if not isinstance(fmt, str) or fmt not in FORMATS:  # a list or object is unhashable: test the type first
-        raise ProtocolError("unknown_format", f"unknown format {fmt!r:.60}; the formats are: {', '.join(FORMATS)}")
-    rate = msg.get("sample_rate")
-    if rate is None:
-        rate = 8000 if fmt == "mulaw" else NATIVE_RATE
-    elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate not in SAMPLE_RATES:
-        raise ProtocolError("unsupported_sample_rate",
-                            f"unsupported sample_rate {rate!r}; use one of {', '.join(map(str, SAMPLE_RATES))}")
-    speed = _number(msg.get("speed", 1.0), "speed", "bad_speed")
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise ProtocolError("bad_speed", f"speed must be within {MIN_SPEED}-{MAX_SPEED}, got {speed}")
-    seed = msg.get("seed", DEFAULT_SEED)
-    if seed is None:
-        seed = DEFAULT_SEED
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ProtocolError("bad_message", f"seed must be an integer 0-{MAX_SEED}, got {seed!r}")
-    return Options(voice, fmt, int(rate), speed, seed, _text_format(msg.get("text_format"), "text"))
-
-
-def _text_format(value, default: str) -> str:
-    if value is None:
-        return default
-    if value not in TEXT_FORMATS:
-        raise ProtocolError("bad_message", f"text_format must be one of {', '.join(TEXT_FORMATS)}, got {value!r}")
-    return value
-
-
-def parse_text(text: str, text_format: str) -> str:
-    """The text of a message as the request's chunker takes it: ``text`` itself, or for "ssml" the
-    parsed document (``streamtts.text.ssml.SsmlDocument``, a str); ProtocolError ``invalid_ssml``."""
-    if text_format != "ssml":
-        return text
-    from streamtts.text.ssml import parse_ssml  # the frontend's; loaded only when SSML comes
-
-    try:
-        doc = parse_ssml(text)
-    except StreamTTSError as exc:
-        raise ProtocolError(exc.code, exc.message) from None
-    if not any(_can_speak(ch) and not ch.isspace() for ch in doc):
-        raise ProtocolError("no_speakable_text", "nothing speakable in the SSML document")
-    return doc
-
-
-def _dropped(ch: str) -> bool:
-    # Control characters would reach the normalizer as garbage; newlines and tabs are spacing.
-    return unicodedata.category(ch) == "Cc" and ch not in "\t\n\r"
-
-
-def _can_speak(ch: str) -> bool:
-    # Letters, digits, punctuation and spaces shape speech (punctuation ends sentences, spaces
-    # separate Latin words); emoji, symbols and format characters do not.
-    return ch.isalnum() or ch.isspace() or unicodedata.category(ch)[0] == "P"
-
-
-def check_text(text, max_chars: int) -> str:
-    """The text of a `text` message (or an HTTP `input`), cleaned; raises ProtocolError."""
-    if not isinstance(text, str):
-        raise ProtocolError("bad_message", "text must be a string")
-    if not text:
-        raise ProtocolError("empty_text", "text is empty")
-    if len(text) > max_chars:
-        raise ProtocolError("text_too_long", f"text has {len(text)} characters; at most {max_chars} per message")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProtocolError("bad_utf8", "text is not valid Unicode (lone surrogate)") from None
-    if any(_dropped(ch) for ch in text):
-        text = "".join(ch for ch in text if not _dropped(ch))
-    if not any(_can_speak(ch) for ch in text):
-        raise ProtocolError("no_speakable_text", "nothing speakable in text (only emoji, symbols or control characters)")
-    return text
+from streamtts.protocol.messages import (
+    _DONE,
+    CLOSE_CODES,
+    FRAME_S,
+    CancelEvent,
+    EndEvent,
+    Event,
+    FlushEvent,
+    Limits,
+    Options,
+    Outgoing,
+    ProtocolError,
+    StartEvent,
+    State,
+    TextEvent,
+    TokenBucket,
+    _text_format,
+    check_text,
+    error_message,
+    parse_options,
+    parse_text,
+)
 
 
 class _Dropped(Exception):

@@ -8,7 +8,7 @@ splits it into blocks of at most 1024 rows), then vocode every stream's next exa
 (:class:`~streamtts.core.stream.MelStream`, at most ``vocode_frames`` frames each) in one batched
 vocoder call. A stream more than ``max_lead_s`` ahead of its listener is not decoded that tick.
 
-Per stream, a player like the capacity benchmark's (streamtts/bench_capacity.py): playback starts
+Per stream, a player like the capacity benchmark's (streamtts/bench/capacity.py): playback starts
 200 ms after the first audio and runs at real time; a piece that arrives after it is due stalls
 the player by the difference. A stream *holds real time* when it finished and its stalls sum to at
 most 20 ms. Fields per N: ``ttfa_ms_p50/p99`` (arrival -> first audio), ``streams_held``,

@@ -36,7 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from streamtts.bench_gpu import Utterance
+from streamtts.bench.gpu import Utterance
 from streamtts.cachefiles import sha256_file
 from streamtts.errors import StreamTTSError
 from streamtts.models.acoustic import Tacotron2
@@ -107,7 +107,7 @@ def write_inputs(folder: Path, texts: Sequence[str], voice: str = "biaobei", ref
     """Prepare ``folder`` (CPU side): needs the voice pack, HiFiGAN and the text frontend."""
     from engines.base import Engine
     from engines.torch_backend import TorchTacotron, TorchVocoder
-    from streamtts.bench_gpu import STEPS, synthesize
+    from streamtts.bench.gpu import STEPS, synthesize
     from streamtts.pack import ensure_pack
     from streamtts.pack.hifigan import ensure_hifigan
     from streamtts.text import phonemize

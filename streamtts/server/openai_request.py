@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from streamtts.constants import MAX_SPEED, MIN_SPEED
 from streamtts.errors import StreamTTSError
 from streamtts.protocol import ProtocolError, check_text, parse_text
-from streamtts.server.encoders import FORMATS
+from streamtts.audio.encoders import FORMATS
 from streamtts.voices import resolve_voice
 
 # OpenAI's stock voice names -> ours (any of ours is accepted as is, too).

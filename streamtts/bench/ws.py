@@ -6,7 +6,7 @@ one short session warms it up before the rows (not counted).
 Each client behaves like an LLM front end: it connects, sends ``start`` (its seed: its index)
 and waits for ``ready`` (a client the server cannot admit yet gets ``queued`` events meanwhile, or
 the fatal error ``server_busy``); then it sends the same load as the in-process benchmark
-(:mod:`streamtts.bench_capacity`: ``text`` fragments of 3 characters every 30 ms, then ``end``)
+(:mod:`streamtts.bench.capacity`: ``text`` fragments of 3 characters every 30 ms, then ``end``)
 and plays the binary audio frames (pcm_s16le, 22050 Hz) on the same player clock (200 ms start
 buffer, underruns). TTFA is measured from the first ``text`` it sent, i.e. after admission;
 ``queue_wait_s`` is the time from connecting to ``ready``.
@@ -36,8 +36,8 @@ import time
 import urllib.request
 from typing import Optional, Sequence
 
-from streamtts.bench import row_name
-from streamtts.bench_streams import FRAGMENT_INTERVAL_S, SR, STALL_TOLERANCE_S, StreamLog, fragments, summarize
+from streamtts.bench.engines import row_name
+from streamtts.bench.streams import FRAGMENT_INTERVAL_S, SR, STALL_TOLERANCE_S, StreamLog, fragments, summarize
 
 QUEUE_TIMEOUT_S = 120.0
 
@@ -105,7 +105,7 @@ async def _client(url: str, log: StreamLog, offset_s: float) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    from streamtts.chunker import SentenceChunker
+    from streamtts.text.chunker import SentenceChunker
 
     await asyncio.sleep(offset_s)
     t_connect = time.monotonic()

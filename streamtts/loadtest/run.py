@@ -5,7 +5,7 @@ How to call::
     streamtts loadtest --url ws://127.0.0.1:8000/v1/stream --clients 4 --duration 60 --json out.json
     # exit 0: no violation; 1: violations (printed, and in the JSON); 2: the server is not there
 
-    from streamtts.loadtest import run
+    from streamtts.loadtest.run import run
     report = run(url, clients=4, duration_s=60, seed=0)     # the JSON's dict
 
 What it does:
@@ -15,16 +15,16 @@ What it does:
    pcm_f32le; its segments' samples are kept.
 2. ``clients`` loops run for ``duration_s``; each opens one session after another (the
    ``websockets`` asyncio client), its behaviour taken from a shuffled round of all
-   :data:`~streamtts.loadtest_session.BEHAVIOURS` drawn from ``Random(seed, client)``, so every
+   :data:`~streamtts.loadtest.session.BEHAVIOURS` drawn from ``Random(seed, client)``, so every
    behaviour comes once per six sessions of a client and a seed fixes the run. Behaviours:
-   :mod:`streamtts.loadtest_session`. No session starts after ``duration_s``; each has a deadline
+   :mod:`streamtts.loadtest.session`. No session starts after ``duration_s``; each has a deadline
    (``session_timeout_s``), so the run ends by ``duration_s + session_timeout_s``.
 3. Every few seconds (``rss_interval_s``) ``GET /metrics``: ``process_resident_memory_bytes``,
    ``streamtts_cache_bytes``, ``streamtts_admitted``.
 4. After the last session the server must give back every slot: ``streamtts_admitted`` and
    ``streamtts_active_sessions{api="ws"}`` reach 0 within :data:`SETTLE_S`.
 
-Definitions (the JSON's fields, :func:`streamtts.loadtest_report.summarize`):
+Definitions (the JSON's fields, :func:`streamtts.loadtest.report.summarize`):
 
 * ``ttfa_ms``: first ``text`` sent to first binary frame received (after admission: ``start`` was
   answered by ``ready``); ``queue_wait_ms``: connect to ``ready``.
@@ -77,7 +77,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from streamtts.errors import StreamTTSError
-from streamtts.loadtest_session import BEHAVIOURS, Plan, draw_plan, run_session
+from streamtts.loadtest.session import BEHAVIOURS, Plan, draw_plan, run_session
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/stream"
 N_REFS = 3
@@ -159,7 +159,7 @@ async def _run(url: str, base: str, clients: int, duration_s: float, seed: int, 
                max_rss_growth_mb: Optional[float], underrun_s: float, max_cancel_s: float,
                progress) -> dict:
     from streamtts.evaluation.sentences import TEST_SENTENCES
-    from streamtts.loadtest_report import Parity, reference_segments, rss_summary, summarize
+    from streamtts.loadtest.report import Parity, reference_segments, rss_summary, summarize
     from streamtts.voices import VOICES
 
     server = _ready(base)
@@ -259,7 +259,7 @@ def run(url: str = DEFAULT_URL, clients: int = 4, duration_s: float = 60.0, seed
         parity_tolerance: float = 1e-3, max_rss_growth_mb: Optional[float] = None,
         underrun_s: Optional[float] = None, max_cancel_s: float = 3.5, progress=None) -> dict:
     """One load run; returns the report dict (``report["ok"]``: no violation)."""
-    from streamtts.bench_streams import START_BUFFER_S
+    from streamtts.bench.streams import START_BUFFER_S
 
     if clients < 0 or duration_s <= 0 or session_timeout_s <= 0 or rss_interval_s <= 0:
         raise LoadtestError("--duration, --session-timeout and --rss-interval must be positive, --clients >= 0")
@@ -273,7 +273,7 @@ def run(url: str = DEFAULT_URL, clients: int = 4, duration_s: float = 60.0, seed
 
 def main(args) -> int:
     """``streamtts loadtest`` (arguments: :func:`add_arguments`)."""
-    from streamtts.loadtest_report import table
+    from streamtts.loadtest.report import table
 
     report = run(args.url, args.clients, args.duration, args.seed, args.api_key, args.session_timeout,
                  args.rss_interval, args.parity_tolerance, args.max_rss_growth_mb,

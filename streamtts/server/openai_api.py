@@ -8,8 +8,8 @@ Works with the ``openai`` package::
         for data in response.iter_bytes():
             ...
 
-The body is checked by :mod:`streamtts.server.speech_request`, encoded by
-:mod:`streamtts.server.encoders` (``stream_format: "sse"`` wraps it in :mod:`streamtts.server.sse`
+The body is checked by :mod:`streamtts.server.openai_request`, encoded by
+:mod:`streamtts.audio.encoders` (``stream_format: "sse"`` wraps it in :mod:`streamtts.server.sse`
 events). Every response of the endpoint, errors too, carries ``x-request-id``.
 
 Pacing: a stream is kept at most ``max_lead_s`` of audio ahead of its listener's real-time clock
@@ -31,12 +31,12 @@ from aiohttp import web
 
 from streamtts.constants import DEFAULT_SEED, NATIVE_RATE
 from streamtts.core.outputs import AudioOut, FinishedOut, PauseOut, SegmentOut
-from streamtts.core.pacing import Pacer
+from streamtts.audio.pacing import Pacer
 from streamtts.core.request import CLOSE, END, TEXT, Request
 from streamtts.protocol import AudioEncoder
 from streamtts.server import sse
-from streamtts.server.encoders import SAMPLE_RATE, StreamEncoder
-from streamtts.server.speech_request import OPENAI_VOICES, BadRequest, SpeechRequest, parse_request, request_id
+from streamtts.audio.encoders import SAMPLE_RATE, StreamEncoder
+from streamtts.server.openai_request import OPENAI_VOICES, BadRequest, SpeechRequest, parse_request, request_id
 from streamtts.server.state import STATE, admission_metrics, engine_unavailable
 
 __all__ = ["speech_handler", "OPENAI_VOICES", "SEND_BUFFER_S", "WRITE_BUFFER_S", "PIECE_S"]

@@ -27,7 +27,7 @@ Rules, in short:
   quote that belongs to it); if that char is a space, once a non-space char or a newline arrives
   (a newline makes the pause a paragraph pause). ``flush()`` waits for nothing. Pushing a text in
   any fragments gives the same chunks as ``split_text`` on the whole text.
-* An inline reading ``{行|hang2}`` (``streamtts.inline_syntax``) is never cut: a cut that would
+* An inline reading ``{行|hang2}`` (``streamtts.text.inline``) is never cut: a cut that would
   fall inside one moves before it (or after it, when nothing speakable is before it), and the
   cut waits while a ``{`` near it may still open one (a group is at most 16 hanzi). The cap
   counts a group's characters as written.
@@ -43,7 +43,7 @@ import re
 import string
 from dataclasses import dataclass
 
-from streamtts.inline_syntax import INLINE, INLINE_PREFIX, MAX_GROUP_CHARS
+from streamtts.text.inline import INLINE, INLINE_PREFIX, MAX_GROUP_CHARS
 
 # Silence after a chunk, by what ended it. Tune here.
 PAUSE_MS: dict[str, int] = {

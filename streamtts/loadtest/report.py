@@ -16,9 +16,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from streamtts.bench import percentile
-from streamtts.loadtest_session import BEHAVIOURS
-from streamtts.loadtest_wire import ADMISSION_CODES, SessionLog
+from streamtts.bench.engines import percentile
+from streamtts.loadtest.session import BEHAVIOURS
+from streamtts.loadtest.wire import ADMISSION_CODES, SessionLog
 
 MAX_LISTED_VIOLATIONS = 200
 

@@ -28,7 +28,7 @@ A stream *holds* when it finished and its underruns sum to at most ``--tolerance
 of the list at which every stream held, at it and at every smaller N of the list.
 
 Fields per row: ``mode`` (``in-process``; ``ws``/``ws-over-capacity`` from
-:mod:`streamtts.bench_ws`), ``n``, ``ttfa_text_ms_p50/p99`` (first text fragment sent -> first
+:mod:`streamtts.bench.ws`), ``n``, ``ttfa_text_ms_p50/p99`` (first text fragment sent -> first
 audio), ``ttfa_chunk_ms_p50/p99`` (the fragment that completed the first chunk, per a
 :class:`~streamtts.chunker.SentenceChunker` fed the same fragments -> first audio),
 ``streams_held``, ``streams_finished``, ``worst_stall_s`` (longest single underrun of any stream),
@@ -40,7 +40,7 @@ first 0.3 s of audio), ``decoder_ms_per_step``, ``vocoder_rtf``,
 ``per_stream`` and a ``tick_profile`` of the batched ticks (decoder call / vocoder call / encoder /
 runner host / scheduler milliseconds). The report also has ``machine`` (cpu, cores, load average,
 python, torch, onnxruntime), ``source`` (git commit, changed engine/core/server files),
-``settings`` and ``capacity``. The load and the player live in :mod:`streamtts.bench_streams`.
+``settings`` and ``capacity``. The load and the player live in :mod:`streamtts.bench.streams`.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from streamtts.bench import machine, row_name, source_version, timed_engine
-from streamtts.bench_streams import (FRAGMENT_CHARS, FRAGMENT_INTERVAL_S, SENTENCES_PER_STREAM, SR,
+from streamtts.bench.engines import machine, row_name, source_version, timed_engine
+from streamtts.bench.streams import (FRAGMENT_CHARS, FRAGMENT_INTERVAL_S, SENTENCES_PER_STREAM, SR,
                                      STAGGER_S, STALL_TOLERANCE_S, START_BUFFER_S, StreamLog, fragments,
                                      stream_texts, summarize)
 
@@ -142,7 +142,7 @@ class InProcessBench:
 
     def __init__(self, engine: str = "onnx-int8", vocoder: str = "auto", max_buffered_s: float = 5.0,
                  player_buffer: bool = True, voice: Optional[str] = None):
-        from streamtts.chunker import preload
+        from streamtts.text.chunker import preload
         from streamtts.text import warm_up
         from streamtts.voices import DEFAULT_VOICE
 
@@ -176,7 +176,7 @@ class InProcessBench:
 
     def run(self, texts: Sequence[str], stagger_s: float = STAGGER_S, tolerance_s: float = STALL_TOLERANCE_S,
             timeout_s: float = 600.0) -> dict:
-        from streamtts.chunker import SentenceChunker
+        from streamtts.text.chunker import SentenceChunker
         from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
         from streamtts.core.request import END, TEXT, Request, Status
 
@@ -366,7 +366,7 @@ def run(concurrency: Sequence[int], engine: str = "onnx-int8", vocoder: str = "a
     }
     del bench  # free the engine before the server loads its own
     if ws:
-        from streamtts.bench_ws import ws_rows
+        from streamtts.bench.ws import ws_rows
 
         c = ws_capacity or max(1, capacity)
         report["ws_capacity"] = c

@@ -1,5 +1,5 @@
-"""The load and the listener of the capacity benchmark (:mod:`streamtts.bench_capacity`,
-:mod:`streamtts.bench_ws`): each stream's text and its LLM-like fragments, what its player saw
+"""The load and the listener of the capacity benchmark (:mod:`streamtts.bench.capacity`,
+:mod:`streamtts.bench.ws`): each stream's text and its LLM-like fragments, what its player saw
 (:class:`StreamLog`), the real-time player's underruns (:func:`player`), and the per-row stream
 fields (:func:`summarize`). Pure Python, no engine; definitions in bench_capacity's docstring."""
 
@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from streamtts.bench import percentile
+from streamtts.bench.engines import percentile
 
 SR = 22050
 FRAGMENT_CHARS = 3

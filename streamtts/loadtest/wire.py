@@ -1,6 +1,6 @@
 """The client end of one ``streamtts loadtest`` session: what it saw (:class:`SessionLog`) and
 the protocol checks made on every frame it receives (:class:`Wire`, docs/protocol.md). The
-behaviours that drive it are :mod:`streamtts.loadtest_session`.
+behaviours that drive it are :mod:`streamtts.loadtest.session`.
 
 How to call (inside an event loop, ``ws`` a ``websockets`` client connection)::
 

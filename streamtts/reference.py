@@ -1,7 +1,7 @@
 """Whole-utterance synthesis, the way ttskit runs the model: decode the whole sentence, then the
 postnet over all of it, then the vocoder over all of it (eager torch, no streaming).
 
-It is the reference the streaming path (:mod:`streamtts.speech`) is checked against, and the
+It is the reference the streaming path (:mod:`streamtts.speaker`) is checked against, and the
 ``upstream-eager`` baseline of the benchmark. Stages, named by what they do::
 
     phonemized = phonemize(text)                              # streamtts.text

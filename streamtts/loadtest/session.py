@@ -1,7 +1,7 @@
 """One session of ``streamtts loadtest``: its plan (what the client does, drawn up front from the
 run's seed) and the behaviours that carry it out. What a session saw and the protocol checks on
-every frame are :mod:`streamtts.loadtest_wire`; the run, the clients and the report are
-:mod:`streamtts.loadtest`.
+every frame are :mod:`streamtts.loadtest.wire`; the run, the clients and the report are
+:mod:`streamtts.loadtest.run`.
 
 How to call (inside an event loop)::
 
@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from streamtts.loadtest_wire import ADMISSION_CODES, WIDTH, Closed, Key, SessionLog, Wire, check_done
+from streamtts.loadtest.wire import ADMISSION_CODES, WIDTH, Closed, Key, SessionLog, Wire, check_done
 
 BEHAVIOURS = ("llm", "playback", "slow", "cancel_fast", "cancel_playback", "disconnect")
 QUIET_AFTER_CANCEL_S = 0.3  # after `cancelled`, how long the client listens for stray old audio
