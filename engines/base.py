@@ -150,7 +150,7 @@ class Vocoder(abc.ABC):
 
 
 @dataclass
-class Engine:
+class ModelPair:
     """An acoustic model and a vocoder that speak the same mel (bands, hop, sample rate)."""
 
     acoustic: AcousticModel

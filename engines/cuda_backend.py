@@ -6,10 +6,10 @@ How to call::
     acoustic = CudaTacotron(pack)                         # device "cuda"; name "cuda"
     acoustic = CudaTacotron(pack, dtype="float16")        # or "bfloat16": weights and state in it
     vocoder  = CudaVocoder(ensure_hifigan().load(), "hifigan", acoustic=acoustic)
-    engine   = Engine(acoustic, vocoder)                  # engines.base
+    engine   = ModelPair(acoustic, vocoder)                  # engines.base
     acoustic = CudaTacotron(pack, device="cpu")           # dry run: the same code, eager, on the CPU
 
-``create_engine("cuda")`` (engines/registry.py) builds both; without CUDA it raises
+``create_models("cuda")`` (engines/registry.py) builds both; without CUDA it raises
 :class:`CudaUnavailableError` unless ``STREAMTTS_CUDA_DRY_RUN=1`` asks for the CPU dry run.
 
 Layout. ``start`` takes a free *slot* (0 .. max_rows - 1) and writes the row's encoder memory,

@@ -6,7 +6,7 @@ How to call::
     acoustic = OnnxTacotron(pack, variant="int8")   # decoder LSTMs in INT8; name "onnx-int8"
     vocoder  = OnnxVocoder(pack)                    # MelGAN of the pack; name "melgan-onnx"
     vocoder  = OnnxVocoder(kind="hifigan")          # or any engines.registry.VocoderSource
-    engine   = Engine(acoustic, vocoder)            # engines.base
+    engine   = ModelPair(acoustic, vocoder)            # engines.base
 
 Graphs are exported and cached on first use. Every graph but the encoder takes a batch: the
 decoder block runs B rows (memory padded to the longest, a pad mask in the attention) with each

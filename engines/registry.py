@@ -2,8 +2,8 @@
 
 How to call::
 
-    engine   = create_engine("auto")                       # engines.base.Engine; pack optional
-    engine   = create_engine("onnx-int8", vocoder="hifigan")
+    engine   = create_models("auto")                       # engines.base.ModelPair; pack optional
+    engine   = create_models("onnx-int8", vocoder="hifigan")
     acoustic = create_acoustic("torch")                    # "torch", "onnx", "onnx-int8", "auto"
     vocoder  = create_vocoder("melgan", backend="onnx")    # "melgan", "hifigan", "auto"; backend
                                                            # "torch", "onnx", "auto"
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from engines.base import AcousticModel, Engine, Vocoder
+from engines.base import AcousticModel, ModelPair, Vocoder
 from streamtts.errors import StreamTTSError
 from streamtts.pack import VoicePack, ensure_pack
 
@@ -277,10 +277,10 @@ def create_vocoder(name: str = "auto", backend: str = "auto", pack: Optional[Voi
 
 # ---- both --------------------------------------------------------------------------------------
 
-def create_engine(name: str = "auto", vocoder: str = "auto", pack: Optional[VoicePack] = None) -> Engine:
+def create_models(name: str = "auto", vocoder: str = "auto", pack: Optional[VoicePack] = None) -> ModelPair:
     """A new engine: the acoustic backend ``name`` (ENGINE_NAMES) and the ``vocoder``
     (VOCODER_NAMES, on the ``auto`` vocoder backend). Names are checked before anything loads."""
-    if isinstance(vocoder, VoicePack):  # the old create_engine(name, pack) call
+    if isinstance(vocoder, VoicePack):  # the old create_models(name, pack) call
         vocoder, pack = "auto", vocoder
     _key(name, ENGINE_NAMES, UnknownEngineError, "engine")
     _check_vocoder(_key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder"))
@@ -290,5 +290,5 @@ def create_engine(name: str = "auto", vocoder: str = "auto", pack: Optional[Voic
         from engines.cuda_backend import cuda_vocoder
 
         kind = auto_vocoder() if vocoder == "auto" else _key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder")
-        return Engine(acoustic, cuda_vocoder(vocoder_source(pack, kind).load(), kind, acoustic))  # type: ignore[arg-type]
-    return Engine(acoustic, create_vocoder(vocoder, "auto", pack))
+        return ModelPair(acoustic, cuda_vocoder(vocoder_source(pack, kind).load(), kind, acoustic))  # type: ignore[arg-type]
+    return ModelPair(acoustic, create_vocoder(vocoder, "auto", pack))

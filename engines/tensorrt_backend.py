@@ -12,7 +12,7 @@ How to call (on a CUDA machine with the full ``tensorrt`` package)::
 
     acoustic = TensorRTTacotron(pack)                      # engines.cuda_backend.CudaTacotron, name "tensorrt"
     vocoder  = TensorRTVocoder(vocoder_source(pack, "hifigan"))
-    engine   = Engine(acoustic, vocoder)
+    engine   = ModelPair(acoustic, vocoder)
     shapes   = profile_shapes(graph_inputs(path), DECODER_RANGES)   # {input: (min, opt, max)}
     plan     = engine_plan(path, shapes, cache_dir)        # built once, then read from the cache
 

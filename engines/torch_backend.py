@@ -4,7 +4,7 @@ How to call::
 
     acoustic = TorchTacotron(pack)                 # engines.tacotron.TacotronModel
     vocoder  = TorchVocoder(pack.load_vocoder())   # any module with our window convention
-    engine   = Engine(acoustic, vocoder)           # engines.base
+    engine   = ModelPair(acoustic, vocoder)           # engines.base
 
 The decoder runs a block of steps for the whole batch and checks each row's stop rule on the
 host after every step only to end the block early once every row is done (on a GPU a sync per

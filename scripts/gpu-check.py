@@ -48,12 +48,12 @@ def _save(out: Path, report: dict) -> None:
 
 
 def _engine(inputs, device: str, dtype: str, max_rows: int, graphs: bool = True):
-    from engines.base import Engine
+    from engines.base import ModelPair
     from engines.cuda_backend import CudaTacotron, CudaVocoder
 
     acoustic = CudaTacotron(inputs.acoustic_pack, device, dtype=dtype, max_rows=max_rows, max_symbols=256,
                             graphs=graphs)
-    return Engine(acoustic, CudaVocoder(inputs.load_vocoder(), "hifigan", acoustic=acoustic))
+    return ModelPair(acoustic, CudaVocoder(inputs.load_vocoder(), "hifigan", acoustic=acoustic))
 
 
 def _prepare(inputs, args, dtype: str, levels: list, steps: int, report: dict):

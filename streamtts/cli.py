@@ -71,7 +71,7 @@ def _cmd_frontend(args: argparse.Namespace) -> int:
 def _cmd_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from engines.registry import create_engine
+    from engines.registry import create_models
     from streamtts.audio.wav import write_wav
     from streamtts.constants import DEFAULT_SEED
     from streamtts.speaker import Audio, Speaker
@@ -85,7 +85,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     _use_lexicon(args.lexicon)
     text = maybe_ssml(args.text)  # a <speak> document is SSML (invalid_ssml if it is not valid)
     phonemize(text)
-    speaker = Speaker(create_engine(args.engine, vocoder=args.vocoder))
+    speaker = Speaker(create_models(args.engine, vocoder=args.vocoder))
     t0 = time.perf_counter()
     ttfa = None
     pieces = []

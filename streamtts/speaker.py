@@ -3,7 +3,7 @@
 This is the stream-first API (CLI, benchmark, scripts); it drives the same scheduler and runner
 as the server (:mod:`streamtts.core`), one request at a time::
 
-    speaker = Speaker(create_engine("auto"))
+    speaker = Speaker(create_models("auto"))
     for event in speaker.speak("你好，今天天气很好。", voice="biaobei"):
         if isinstance(event, Audio):    event.audio (S,) float32 @ 22050 Hz
         elif isinstance(event, Segment): event.text, event.start_sample, event.end_sample, event.chars
@@ -20,9 +20,9 @@ from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from engines.base import Engine
+from engines.base import ModelPair
 from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
-from streamtts.core.engine import SpeechEngine, scheduler_config_for
+from streamtts.core.engine_core import EngineCore, scheduler_config_for
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
 from streamtts.core.request import CLOSE, END, TEXT, Request, Status
 from streamtts.core.scheduler import BlockSchedule
@@ -61,14 +61,14 @@ class SynthesisError(StreamTTSError):
 class Speaker:
     """Speaks text with one engine. Not thread-safe: one ``speak`` at a time per Speaker."""
 
-    def __init__(self, engine: Engine, schedule: Optional[BlockSchedule] = None,
+    def __init__(self, engine: ModelPair, schedule: Optional[BlockSchedule] = None,
                  chunker_options: Optional[dict] = None):
         self.engine = engine
         self.schedule = schedule or BlockSchedule(rest=128)
         self.chunker_options = chunker_options or {}
         self.sample_rate = engine.sample_rate
         # no consumer lag to wait for: a generator's caller takes each piece before the next tick
-        self.core = SpeechEngine(engine, config=scheduler_config_for(
+        self.core = EngineCore(engine, config=scheduler_config_for(
             engine, blocks=self.schedule, max_buffered_s=float("inf"), vocode_frames=1 << 30,
             max_lead_frames=1 << 30, drop_late_pauses=False))
 

@@ -138,7 +138,7 @@ def test_vocoder_dry_run_matches_torch(models):
 
 def test_half_precision_dry_run(ids):
     """float16 weights and state through the same code (dtype plumbing), MelGAN kept in float32."""
-    from engines.base import Engine
+    from engines.base import ModelPair
     from streamtts.bench.gpu import Utterance, synthesize
     from streamtts.pack import ensure_pack
 
@@ -147,7 +147,7 @@ def test_half_precision_dry_run(ids):
     mels = {}
     for dtype in ("float32", "float16"):
         acoustic = CudaTacotron(pack, "cpu", dtype=dtype, max_rows=1)
-        engine = Engine(acoustic, CudaVocoder(pack.load_vocoder(), "melgan", acoustic=acoustic))
+        engine = ModelPair(acoustic, CudaVocoder(pack.load_vocoder(), "melgan", acoustic=acoustic))
         assert acoustic.buffers.memory.dtype == getattr(torch, dtype) and engine.vocoder.dtype == torch.float32
         mels[dtype], audio, _ = synthesize(engine, utt)
         assert np.isfinite(audio).all() and np.abs(audio).max() > 0.01
@@ -158,21 +158,21 @@ def test_half_precision_dry_run(ids):
 
 def test_cuda_engine_without_cuda_is_a_typed_error(monkeypatch):
     from engines.cuda_backend import DRY_RUN_ENV
-    from engines.registry import create_engine
+    from engines.registry import create_models
 
     monkeypatch.delenv(DRY_RUN_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, anywhere
     with pytest.raises(CudaUnavailableError) as err:
-        create_engine("cuda")
+        create_models("cuda")
     assert err.value.code == "cuda_unavailable" and DRY_RUN_ENV in err.value.message
 
 
 def test_cuda_engine_dry_run_by_env(monkeypatch):
     from engines.cuda_backend import DRY_RUN_ENV
-    from engines.registry import create_engine
+    from engines.registry import create_models
 
     monkeypatch.setenv(DRY_RUN_ENV, "1")
-    engine = create_engine("cuda", vocoder="melgan")
+    engine = create_models("cuda", vocoder="melgan")
     assert engine.name == "cuda+melgan-cuda"
     assert engine.acoustic.device.type == "cpu" and not engine.acoustic.use_graphs
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from engines import onnx_export, registry
-from engines.base import Engine, MelWindow
+from engines.base import ModelPair, MelWindow
 from engines.onnx_backend import OnnxTacotron, OnnxVocoder
 from engines.onnx_export import GraphCache
 from engines.registry import (ENGINE_NAMES, VOCODER_NAMES, UnknownEngineError, UnknownVocoderError,
-                              VocoderUnavailableError, create_acoustic, create_engine, create_vocoder)
+                              VocoderUnavailableError, create_acoustic, create_models, create_vocoder)
 from engines.tacotron import DecodeBatch, make_masks
 from engines.torch_backend import TorchTacotron, TorchVocoder
 from streamtts.errors import StreamTTSError
@@ -420,13 +420,13 @@ def test_graph_cache_rebuilds_what_changed(tmp_path):
 
 def test_unknown_names_raise_typed_errors():
     with pytest.raises(UnknownEngineError) as err:
-        create_engine("tensorflow")  # names are checked before the pack is looked at
+        create_models("tensorflow")  # names are checked before the pack is looked at
     assert err.value.code == "unknown_engine" and isinstance(err.value, ValueError)
     assert all(name in err.value.message for name in ENGINE_NAMES)
     with pytest.raises(UnknownEngineError):
         create_acoustic("tensorflow")
     with pytest.raises(UnknownVocoderError) as err:
-        create_engine("onnx", vocoder="wavenet")
+        create_models("onnx", vocoder="wavenet")
     assert err.value.code == "unknown_vocoder"
     assert isinstance(err.value, ValueError) and isinstance(err.value, StreamTTSError)
     assert all(name in err.value.message for name in VOCODER_NAMES)
@@ -438,12 +438,12 @@ def test_unknown_names_raise_typed_errors():
 
 
 def test_create_engine_by_name(pack, onnx_acoustic, int8_acoustic, onnx_vocoder):
-    engine = create_engine("ONNX", pack=pack)
-    assert isinstance(engine, Engine) and engine.name == "onnx+melgan-onnx"
+    engine = create_models("ONNX", pack=pack)
+    assert isinstance(engine, ModelPair) and engine.name == "onnx+melgan-onnx"
     assert engine.min_first_block == 10 + 6 + 1
-    assert create_engine(" onnx-int8 ", "melgan", pack).name == "onnx-int8+melgan-onnx"
-    assert create_engine("torch", pack).name == "torch+melgan-onnx"  # the old (name, pack) call
-    assert create_engine("auto", pack=pack).acoustic.name == ("onnx" if registry._gpu_provider() else "onnx-int8")
+    assert create_models(" onnx-int8 ", "melgan", pack).name == "onnx-int8+melgan-onnx"
+    assert create_models("torch", pack).name == "torch+melgan-onnx"  # the old (name, pack) call
+    assert create_models("auto", pack=pack).acoustic.name == ("onnx" if registry._gpu_provider() else "onnx-int8")
     assert create_vocoder("auto", "torch", pack).name == "melgan-torch"
 
 
@@ -482,7 +482,7 @@ def test_auto_vocoder_backend_falls_back(pack, monkeypatch):
 def test_hifigan_without_its_code_is_a_clear_error(pack, monkeypatch):
     monkeypatch.setattr(registry, "_hifigan_available", lambda: False)
     with pytest.raises(VocoderUnavailableError) as err:
-        create_engine("onnx", vocoder="hifigan", pack=pack)
+        create_models("onnx", vocoder="hifigan", pack=pack)
     assert err.value.code == "vocoder_unavailable" and "melgan" in err.value.message
     with pytest.raises(VocoderUnavailableError):
         create_vocoder("hifigan", "torch", pack)

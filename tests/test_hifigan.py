@@ -278,15 +278,15 @@ def test_streamed_through_the_core_equals_whole_utterance(pack, vocoder, first, 
     differently, and the audio is the whole-utterance HiFiGAN audio of the same mel."""
     from collections import deque
 
-    from engines.registry import create_engine
-    from streamtts.core.engine import SpeechEngine, scheduler_config_for
+    from engines.registry import create_models
+    from streamtts.core.engine_core import EngineCore, scheduler_config_for
     from streamtts.core.outputs import AudioOut, FinishedOut
     from streamtts.core.request import END, TEXT, Request
     from streamtts.core.scheduler import BlockSchedule
 
-    engine = create_engine("onnx-int8", vocoder="hifigan", pack=pack)
+    engine = create_models("onnx-int8", vocoder="hifigan", pack=pack)
     text = "欢迎使用流式语音合成。"
-    core = SpeechEngine(engine, config=scheduler_config_for(
+    core = EngineCore(engine, config=scheduler_config_for(
         engine, blocks=BlockSchedule(first, rest), vocode_frames=vocode_frames, max_buffered_s=float("inf")))
     outs: deque = deque()
     req = Request("biaobei", 5, 1.0, sink=outs.append)

@@ -10,7 +10,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from streamtts.core.engine import SpeechEngine
+from streamtts.core.engine_core import EngineCore
 from streamtts.core.outputs import AudioOut, FinishedOut
 from streamtts.core.request import END, TEXT, Request
 from streamtts.evaluation.metrics import corpus_error_rate
@@ -43,7 +43,7 @@ def transcriber():
 @pytest.fixture(scope="module")
 def rates(pack, transcriber):
     """Error rate per (engine, voice), measured on first use."""
-    from engines.registry import create_engine
+    from engines.registry import create_models
 
     speakers: dict[str, Speaker] = {}
     cache: dict[tuple[str, str], tuple[float, list]] = {}
@@ -52,7 +52,7 @@ def rates(pack, transcriber):
         if (engine, voice, batched) not in cache:
             if engine not in speakers:
                 acoustic, _, vocoder = engine.partition("+")
-                speakers[engine] = Speaker(create_engine(acoustic, vocoder=vocoder or "melgan", pack=pack))
+                speakers[engine] = Speaker(create_models(acoustic, vocoder=vocoder or "melgan", pack=pack))
             speaker = speakers[engine]
             audios = (spoken_at_once(speaker.engine, voice) if batched
                       else [speaker.synthesize(text, voice=voice) for text in TEST_SENTENCES])
@@ -83,7 +83,7 @@ def test_int8_is_within_one_point_of_fp32(rates, voice):
 
 def spoken_at_once(engine, voice: str) -> list[np.ndarray]:
     """Every test sentence as its own request, all in one engine core at once (batched rows)."""
-    core = SpeechEngine(engine)
+    core = EngineCore(engine)
     sinks = [deque() for _ in TEST_SENTENCES]
     reqs = [Request(voice, 0, 1.0, sink=sink.append) for sink in sinks]
     for req, text in zip(reqs, TEST_SENTENCES):

@@ -19,7 +19,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from engines.base import AcousticModel, Engine, Vocoder
+from engines.base import AcousticModel, ModelPair, Vocoder
 from streamtts.protocol import Limits
 from streamtts.server import ServerConfig
 from serve_process import ServeProcess
@@ -334,16 +334,16 @@ def _same_audio(a: np.ndarray, b: np.ndarray) -> bool:
 @pytest.fixture(scope="module")
 def int8(pack):
     """The onnx-int8 engine: its decoder rows are bit-identical batched or alone."""
-    from engines.registry import create_engine
+    from engines.registry import create_models
 
-    return create_engine("onnx-int8", vocoder="melgan", pack=pack)
+    return create_models("onnx-int8", vocoder="melgan", pack=pack)
 
 
 def test_a_poisoned_request_fails_alone_and_a_failed_call_fails_nobody(int8):
     base = int8
     faulty = FaultyAcoustic(base.acoustic, poison_seed=666)
     config = ServerConfig(port=0, static_dir=None, capacity=4, cache_bytes=0)
-    with ServerThread(config, Engine(faulty, base.vocoder)) as srv:
+    with ServerThread(config, ModelPair(faulty, base.vocoder)) as srv:
         solo: dict = {}
         _speak(srv, SHORT, 1, solo)
         out: dict = {}
@@ -376,7 +376,7 @@ def test_a_hanging_engine_is_reported_not_waited_on(pack):
     base = shared_engine(pack)
     config = ServerConfig(port=0, static_dir=None, capacity=4, cache_bytes=0, tick_deadline_s=1.0)
     vocoder = HangingVocoder(base.vocoder)
-    with ServerThread(config, Engine(base.acoustic, vocoder)) as srv:
+    with ServerThread(config, ModelPair(base.acoustic, vocoder)) as srv:
         vocoder.hang_s = 4.0
         t0 = time.monotonic()
         with ws_connect(srv) as ws:

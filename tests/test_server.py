@@ -35,10 +35,10 @@ _engine = None
 def shared_engine(pack):
     global _engine
     if _engine is None:
-        from engines.base import Engine
+        from engines.base import ModelPair
         from engines.torch_backend import TorchTacotron, TorchVocoder
 
-        _engine = Engine(TorchTacotron(pack), TorchVocoder(pack.load_vocoder(), "melgan"))
+        _engine = ModelPair(TorchTacotron(pack), TorchVocoder(pack.load_vocoder(), "melgan"))
     return _engine
 
 

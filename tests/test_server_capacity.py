@@ -25,9 +25,9 @@ JOBS = [("今天天气很好。", "biaobei", 1), ("我们一起去公园散步�
 
 @pytest.fixture(scope="module")
 def engine(pack):
-    from engines.registry import create_engine
+    from engines.registry import create_models
 
-    return create_engine("onnx-int8", vocoder="melgan", pack=pack)
+    return create_models("onnx-int8", vocoder="melgan", pack=pack)
 
 
 def _speak(server, text: str, voice: str, seed: int, out: dict, key: int) -> None:

@@ -10,7 +10,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from streamtts.core.engine import SpeechEngine, scheduler_config_for
+from streamtts.core.engine_core import EngineCore, scheduler_config_for
 from streamtts.core.outputs import AudioOut, FinishedOut, PauseOut
 from streamtts.core.request import END, TEXT, Request
 from streamtts.core.scheduler import BlockSchedule
@@ -22,16 +22,16 @@ SENTENCE = "今天天气很好，我们一起去公园散步吧。"
 
 @pytest.fixture(scope="module")
 def engine(pack):
-    from engines.registry import create_engine
+    from engines.registry import create_models
 
-    return create_engine("torch", vocoder="melgan", pack=pack)
+    return create_models("torch", vocoder="melgan", pack=pack)
 
 
 @pytest.fixture(scope="module")
 def int8_engine(pack):
-    from engines.registry import create_engine
+    from engines.registry import create_models
 
-    return create_engine("onnx-int8", vocoder="melgan", pack=pack)
+    return create_models("onnx-int8", vocoder="melgan", pack=pack)
 
 
 def whole_chunks(synth, text: str, voice: str, seed: int) -> list[np.ndarray]:
@@ -53,7 +53,7 @@ def speech_of(events) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("first,rest,vocode_frames", [(6, 12, 5), (24, 64, 40), (24, 128, 9), (5000, 5000, 1 << 30)])
 def test_streamed_pcm_equals_whole_utterance(engine, synth, first, rest, vocode_frames):
-    core = SpeechEngine(engine, config=scheduler_config_for(
+    core = EngineCore(engine, config=scheduler_config_for(
         engine, blocks=BlockSchedule(first, rest), vocode_frames=vocode_frames, max_buffered_s=float("inf"),
         drop_late_pauses=False))
     outs: deque = deque()
@@ -80,7 +80,7 @@ def test_batched_streams_equal_their_solo_synthesis(int8_engine):
     jobs = [("今天天气很好。", "biaobei", 1, 1.0), ("我们一起去公园散步吧，好不好？", "Aiyue", 2, 1.0),
             ("欢迎使用流式语音合成。", "Xiaogang", 3, 1.3), ("你好。", "biaobei", 4, 0.8)]
     engine = int8_engine  # its rows are quantized per row: batching changes nothing
-    core = SpeechEngine(engine)
+    core = EngineCore(engine)
     sinks = [deque() for _ in jobs]
     reqs = [Request(v, seed, speed, sink=sink.append) for (_, v, seed, speed), sink in zip(jobs, sinks)]
     for req, (text, *_ ) in zip(reqs, jobs):
@@ -192,7 +192,7 @@ def test_long_text_streams_in_bounded_memory(int8_engine):
 def test_a_failing_row_fails_only_its_own_request(int8_engine):
     """A backend error in a batched decoder call: the runner retries the rows one by one, the
     failing request gets one typed error and nothing more, the others are spoken in full."""
-    from engines.base import Engine
+    from engines.base import ModelPair
     from streamtts.core.outputs import FailedOut
 
     good, bad = ["今天天气很好。", "欢迎使用。"], "这一句会让后端出错。"
@@ -211,8 +211,8 @@ def test_a_failing_row_fails_only_its_own_request(int8_engine):
                 raise RuntimeError("backend fault")
             return self.inner.decode(rows, steps)
 
-    engine = Engine(Flaky(int8_engine.acoustic), int8_engine.vocoder)
-    core = SpeechEngine(engine)
+    engine = ModelPair(Flaky(int8_engine.acoustic), int8_engine.vocoder)
+    core = EngineCore(engine)
     sinks = [deque() for _ in range(3)]
     for text, sink in zip(good + [bad], sinks):
         req = Request("biaobei", 0, 1.0, sink=sink.append)

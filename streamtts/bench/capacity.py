@@ -1,10 +1,10 @@
 """``streamtts bench --concurrency 1,4,8``: how many LLM-fed streams one engine keeps at real time.
 
 Per N (the ``--concurrency`` list), N streams run at once through the real engine core: one
-:class:`~streamtts.core.engine.SpeechEngine` (scheduler + runner, the server's settings: blocks
+:class:`~streamtts.core.engine.EngineCore` (scheduler + runner, the server's settings: blocks
 24/64, max batch 64, 128 vocoded frames a tick, ``max_buffered_s`` 5) whose ticks run in an
 engine thread as in the server's worker (the same schedule -> execute -> update calls as
-``SpeechEngine.step``, timed); each stream is a :class:`~streamtts.core.request.Request` fed from
+``EngineCore.step``, timed); each stream is a :class:`~streamtts.core.request.Request` fed from
 the main thread. No phrase cache (a cache would turn repeated sentences into free hits).
 
 The load, per stream i:
@@ -82,7 +82,7 @@ class Tick:
 
 
 def engine_loop(core: Any, ta: Any, tv: Any, stop: threading.Event, ticks: list) -> None:
-    """SpeechEngine.step's schedule -> execute -> update, timed, until ``stop``."""
+    """EngineCore.step's schedule -> execute -> update, timed, until ``stop``."""
     sched, runner = core.scheduler, core.runner
     clock = time.perf_counter
     while not stop.is_set():
@@ -164,7 +164,7 @@ class InProcessBench:
         speak_through(self._core(), "你好。")  # first-call costs
 
     def _core(self):
-        from streamtts.core.engine import SpeechEngine, scheduler_config_for
+        from streamtts.core.engine_core import EngineCore, scheduler_config_for
         from streamtts.core.scheduler import BlockSchedule
         from streamtts.server.config import ServerConfig
 
@@ -172,7 +172,7 @@ class InProcessBench:
         cfg = scheduler_config_for(self.engine, blocks=BlockSchedule(d.block_first, d.block_rest),
                                    max_batch=d.max_batch, vocode_frames=d.vocode_frames,
                                    max_buffered_s=self.max_buffered_s)
-        return SpeechEngine(self.engine, None, cfg)
+        return EngineCore(self.engine, None, cfg)
 
     def run(self, texts: Sequence[str], stagger_s: float = STAGGER_S, tolerance_s: float = STALL_TOLERANCE_S,
             timeout_s: float = 600.0) -> dict:

@@ -104,13 +104,13 @@ class TimedVocoder(_Proxy):
 
 
 def timed_engine(acoustic: str, vocoder: str = "auto"):
-    """(Engine with timed stages, its TimedAcoustic, its TimedVocoder)."""
-    from engines.base import Engine
-    from engines.registry import create_engine
+    """(ModelPair with timed stages, its TimedAcoustic, its TimedVocoder)."""
+    from engines.base import ModelPair
+    from engines.registry import create_models
 
-    inner = create_engine(acoustic, vocoder=vocoder)
+    inner = create_models(acoustic, vocoder=vocoder)
     ta, tv = TimedAcoustic(inner.acoustic), TimedVocoder(inner.vocoder)
-    return Engine(ta, tv), ta, tv  # type: ignore[arg-type]
+    return ModelPair(ta, tv), ta, tv  # type: ignore[arg-type]
 
 
 def row_name(engine: str, vocoder: str) -> str:

@@ -255,7 +255,7 @@ def run(levels: Sequence[int], device: str = "cuda", dtype: str = "float32", voc
         json_path: Optional[str] = None, voice: Optional[str] = None, stagger_s: float = STAGGER_S) -> dict:
     """``streamtts bench --device``: the cuda engine on ``device`` (cpu: the dry run), the
     levels in turn, parity against the torch backend on the CPU in fp32 first."""
-    from engines.base import Engine
+    from engines.base import ModelPair
     from engines.cuda_backend import CudaTacotron, cuda_vocoder, resolve_device
     from engines.registry import vocoder_source
     from engines.torch_backend import TorchTacotron, TorchVocoder
@@ -271,8 +271,8 @@ def run(levels: Sequence[int], device: str = "cuda", dtype: str = "float32", voc
     spk = speaker_vector(voice or DEFAULT_VOICE)
     utts = [Utterance(np.asarray(phonemize(t).ids, np.int64), spk, i) for i, t in enumerate(TEST_SENTENCES)]
     acoustic = CudaTacotron(pack, device, dtype=dtype, max_rows=max(max(levels), 1), max_symbols=256)
-    engine = Engine(acoustic, cuda_vocoder(src.load(), kind, acoustic))
-    ref = Engine(TorchTacotron(pack), TorchVocoder(src.load(), kind))
+    engine = ModelPair(acoustic, cuda_vocoder(src.load(), kind, acoustic))
+    ref = ModelPair(TorchTacotron(pack), TorchVocoder(src.load(), kind))
     probe = utts[:2]
     report: dict[str, Any] = {"kind": "gpu-bench", "environment": environment(), "device": device, "dtype": dtype,
                               "engine": engine.name, "settings": {"steps": STEPS, "vocode_frames": VOCODE_FRAMES,

@@ -105,7 +105,7 @@ def folder_bytes(folder: Path) -> int:
 def write_inputs(folder: Path, texts: Sequence[str], voice: str = "biaobei", references: int = 4,
                  steps: int | None = None) -> dict[str, Any]:
     """Prepare ``folder`` (CPU side): needs the voice pack, HiFiGAN and the text frontend."""
-    from engines.base import Engine
+    from engines.base import ModelPair
     from engines.torch_backend import TorchTacotron, TorchVocoder
     from streamtts.bench.gpu import STEPS, synthesize
     from streamtts.pack import ensure_pack
@@ -125,7 +125,7 @@ def write_inputs(folder: Path, texts: Sequence[str], voice: str = "biaobei", ref
     inputs = load_inputs(folder, meta={"sentences": sentences, "speaker": spk.tolist()}, partial=True)
     # the CPU float32 reference, from the same float16-rounded weights
     steps = steps or STEPS
-    ref = Engine(TorchTacotron(inputs.acoustic_pack), TorchVocoder(inputs.load_vocoder(), "hifigan"))
+    ref = ModelPair(TorchTacotron(inputs.acoustic_pack), TorchVocoder(inputs.load_vocoder(), "hifigan"))
     tensors, ref_steps = {}, []
     for i, utt in enumerate(inputs.utterances[:references]):
         mel, audio, n = synthesize(ref, utt, steps)

@@ -27,7 +27,7 @@ class CacheKey(NamedTuple):
     voice: str
     seed: int
     speed: float
-    engine: str = ""  # Engine.name: which acoustic backend and vocoder made it
+    engine: str = ""  # ModelPair.name: which acoustic backend and vocoder made it
     # the model's input ids: the same normalized text reads differently under a user lexicon
     # or an inline/SSML reading
     ids: tuple = ()

@@ -1,6 +1,6 @@
 """The runner: executes a scheduler plan on an acoustic model and a vocoder, batched.
 
-    runner = Runner(engine, cache=None)       # engines.base.Engine; optional PhraseCache
+    runner = Runner(engine, cache=None)       # engines.base.ModelPair; optional PhraseCache
     output = runner.execute(plan)             # streamtts.core.scheduler.Plan -> RunnerOutput
 
 Per tick: start the planned chunks (phonemize, look up the phrase cache, encode), run ONE decoder
@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from engines.base import AcousticRow, Engine, MelOut
+from engines.base import AcousticRow, ModelPair, MelOut
 from streamtts.core.cache import CacheKey, CachedChunk, PhraseCache
 from streamtts.text.markup_chunker import effective_speed, shown_chars
 from streamtts.core.outputs import SpokenSegment
@@ -47,7 +47,7 @@ class ChunkRun:
 
 
 class Runner:
-    def __init__(self, engine: Engine, cache: Optional[PhraseCache] = None):
+    def __init__(self, engine: ModelPair, cache: Optional[PhraseCache] = None):
         self.engine = engine
         self.cache = cache
         self.chunks: dict[int, ChunkRun] = {}  # request id -> the chunk it is speaking

@@ -19,7 +19,7 @@ from typing import Optional
 
 from aiohttp import WSCloseCode, web
 
-from engines.base import Engine
+from engines.base import ModelPair
 from streamtts.core.cache import PhraseCache
 from streamtts.core.scheduler import Scheduler
 from streamtts.server.admission import Admission
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 _MAX_BODY = 1024 * 1024  # HTTP request bodies (a speech request is at most 4096 chars of JSON)
 
 
-def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] = None) -> web.Application:
+def create_app(config: Optional[ServerConfig] = None, engine: Optional[ModelPair] = None) -> web.Application:
     """A new server application. The worker thread starts with the app (on_startup) and loads
     ``engine`` or ``config.engine``; ``/ready`` answers 200 once it is warm."""
     config = config or ServerConfig()
@@ -76,12 +76,12 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[Engine] =
     return app
 
 
-def serve(config: ServerConfig, engine: Optional[Engine] = None) -> None:
+def serve(config: ServerConfig, engine: Optional[ModelPair] = None) -> None:
     """Run the server until SIGTERM or SIGINT (blocking), then drain (:func:`drain`) and return."""
     asyncio.run(_serve(config, engine))
 
 
-async def _serve(config: ServerConfig, engine: Optional[Engine]) -> None:
+async def _serve(config: ServerConfig, engine: Optional[ModelPair]) -> None:
     app = create_app(config, engine)
     # handlers still running after the drain are cancelled after this grace
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)

@@ -17,11 +17,11 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
 
-from engines.base import Engine
+from engines.base import ModelPair
 from streamtts.text.chunker import preload
 from streamtts.constants import DEFAULT_SEED
 from streamtts.core.cache import PhraseCache
-from streamtts.core.engine import SpeechEngine, scheduler_config_for
+from streamtts.core.engine_core import EngineCore, scheduler_config_for
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut
 from streamtts.core.request import END, TEXT, Request
 from streamtts.core.scheduler import BlockSchedule, Plan, RunnerOutput, Scheduler
@@ -39,10 +39,10 @@ CALIBRATION_STREAMS = 4
 MAX_FAILED_TICKS = 3
 
 
-def load_engine(name: str, vocoder: str = "auto") -> Engine:
-    from engines.registry import create_engine
+def load_engine(name: str, vocoder: str = "auto") -> ModelPair:
+    from engines.registry import create_models
 
-    return create_engine(name, vocoder=vocoder)
+    return create_models(name, vocoder=vocoder)
 
 
 def read_prewarm(path: Path) -> list[str]:
@@ -51,7 +51,7 @@ def read_prewarm(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def speak_through(core: SpeechEngine, text: str, voice: str = DEFAULT_VOICE, seed: int = DEFAULT_SEED,
+def speak_through(core: EngineCore, text: str, voice: str = DEFAULT_VOICE, seed: int = DEFAULT_SEED,
                   speed: float = 1.0, copies: int = 1) -> tuple[float, float]:
     """Speak ``text`` through the core in this thread (warm-up, prewarm, calibration), as
     ``copies`` requests at once (with different seeds after the first); the runner caches the
@@ -80,13 +80,13 @@ def speak_through(core: SpeechEngine, text: str, voice: str = DEFAULT_VOICE, see
 
 class Worker:
     def __init__(self, scheduler: Scheduler, config, cache: Optional[PhraseCache] = None, metrics=None,
-                 engine: Optional[Engine] = None):
+                 engine: Optional[ModelPair] = None):
         self.scheduler = scheduler
         self.config = config  # streamtts.server.config.ServerConfig
         self.cache = cache
         self.metrics = metrics
         self.engine = engine
-        self.core: Optional[SpeechEngine] = None
+        self.core: Optional[EngineCore] = None
         self.capacity = config.capacity or 0
         self._hits = self._misses = 0
         # called once it serves, or once it cannot (load failure, crash, stall): see `failure`
@@ -177,7 +177,7 @@ class Worker:
         sched_cfg = scheduler_config_for(
             self.engine, blocks=BlockSchedule(cfg.block_first, cfg.block_rest), max_batch=cfg.max_batch,
             vocode_frames=cfg.vocode_frames, max_buffered_s=cfg.max_buffered_s)
-        self.core = SpeechEngine(self.engine, None, sched_cfg, on_tick=self._on_tick, scheduler=self.scheduler)
+        self.core = EngineCore(self.engine, None, sched_cfg, on_tick=self._on_tick, scheduler=self.scheduler)
         warm_up()  # dictionaries of the text frontend (about a second)
         preload()  # the chunker's word segmenter
         speak_through(self.core, "你好。")  # first-call costs, not cached

@@ -1,7 +1,7 @@
 """One scheduler and one runner around an engine: the single orchestration that the library API
 (:mod:`streamtts.speaker`) and the server's worker thread both drive::
 
-    core = SpeechEngine(create_engine("auto"), cache=None, config=SchedulerConfig())
+    core = EngineCore(create_engine("auto"), cache=None, config=SchedulerConfig())
     core.scheduler.add_request(req); core.scheduler.command(req, TEXT, 0, "你好。")
     while core.step(timeout=0.5) or running:   # one tick: schedule -> execute -> update
         ...
@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from engines.base import Engine
+from engines.base import ModelPair
 from streamtts.core.cache import PhraseCache
 from streamtts.core.runner import Runner
 from streamtts.core.scheduler import Plan, RunnerOutput, Scheduler, SchedulerConfig
@@ -23,7 +23,7 @@ from streamtts.core.scheduler import Plan, RunnerOutput, Scheduler, SchedulerCon
 log = logging.getLogger(__name__)
 
 
-def scheduler_config_for(engine: Engine, **overrides) -> SchedulerConfig:
+def scheduler_config_for(engine: ModelPair, **overrides) -> SchedulerConfig:
     """Scheduler settings that match an engine's look-ahead and rates."""
     cfg = SchedulerConfig(**overrides)
     cfg.first_delay = engine.min_first_block
@@ -34,8 +34,8 @@ def scheduler_config_for(engine: Engine, **overrides) -> SchedulerConfig:
     return cfg
 
 
-class SpeechEngine:
-    def __init__(self, engine: Engine, cache: Optional[PhraseCache] = None,
+class EngineCore:
+    def __init__(self, engine: ModelPair, cache: Optional[PhraseCache] = None,
                  config: Optional[SchedulerConfig] = None,
                  on_tick: Optional[Callable[[Plan, RunnerOutput], None]] = None,
                  scheduler: Optional[Scheduler] = None):
