@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/upstream_ref.py etc.
+sys.path.insert(0, str(Path(__file__).parent))  # tests/upstream_ref.py, tests/support/ etc.
+
+# the shared engines and servers (tests/support/fixtures.py), for every module
+from support.fixtures import int8_engine, int8_server, torch_engine  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")

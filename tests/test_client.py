@@ -1,4 +1,4 @@
-"""clients/client.py against the real server (a subprocess, see test_client_support.py)."""
+"""clients/client.py against the real server (a subprocess: the int8_server fixture, tests/support/)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from test_client_support import API_KEY, free_port, live_server
+from support.fixtures import API_KEY
+from support.servers import free_port
 
 from clients.client import StreamClient, StreamTTSClientError, synthesize
 
@@ -17,8 +18,8 @@ LONG = "春天来了，公园里的花都开了。" * 8
 
 
 @pytest.fixture(scope="module")
-def server(pack):
-    return live_server()
+def server(int8_server):
+    return int8_server
 
 
 def run(coro):
@@ -41,7 +42,7 @@ def test_async_tokens_audio_arrives_before_the_text_ends(server):
             yield t
 
     async def main():
-        async with StreamClient(server.ws, api_key=API_KEY) as c:
+        async with StreamClient(server.ws_url, api_key=API_KEY) as c:
             chunks = []
             async for pcm in c.stream(tokens()):
                 if not chunks:
@@ -70,7 +71,7 @@ def test_idle_flush_speaks_a_sentence_when_the_tokens_stall(server):
         yield "我们走吧。"
 
     async def main():
-        async with StreamClient(server.ws, api_key=API_KEY) as c:
+        async with StreamClient(server.ws_url, api_key=API_KEY) as c:
             n = 0
             async for pcm in c.stream(tokens(), idle_flush_s=0.3):
                 first_audio.set()
@@ -83,8 +84,8 @@ def test_idle_flush_speaks_a_sentence_when_the_tokens_stall(server):
 
 def test_formats_rates_and_segments(server):
     async def main():
-        pcm16, c16 = await synthesize("你好，世界。", server.ws, api_key=API_KEY, sample_rate=16000)
-        f32, c32 = await synthesize(["你好，", "世界。"], server.ws, api_key=API_KEY, format="pcm_f32le",
+        pcm16, c16 = await synthesize("你好，世界。", server.ws_url, api_key=API_KEY, sample_rate=16000)
+        f32, c32 = await synthesize(["你好，", "世界。"], server.ws_url, api_key=API_KEY, format="pcm_f32le",
                                     sample_rate=48000, voice="Aiyue")
         return pcm16, c16, f32, c32
 
@@ -103,7 +104,7 @@ def test_formats_rates_and_segments(server):
 
 def test_cancel_stops_the_stream_at_once_and_the_client_speaks_again(server):
     async def main():
-        async with StreamClient(server.ws, api_key=API_KEY) as c:
+        async with StreamClient(server.ws_url, api_key=API_KEY) as c:
             got, after_cancel = 0, 0
             async for pcm in c.stream(LONG):
                 if c.cancelled:
@@ -132,7 +133,7 @@ def test_barge_in_from_another_task_keeps_the_session(server):
         yield "这句不会说出来。"
 
     async def main():
-        async with StreamClient(server.ws, api_key=API_KEY) as c:
+        async with StreamClient(server.ws_url, api_key=API_KEY) as c:
             session = c.ready["session"]
             received = []
 
@@ -163,7 +164,7 @@ def test_typed_errors(server):
         assert info.value.code == code, info.value
         return info.value
 
-    async def speak(text, url=server.ws, **kw):
+    async def speak(text, url=server.ws_url, **kw):
         async with StreamClient(url, **kw) as c:
             return [pcm async for pcm in c.stream(text)]
 
@@ -185,7 +186,7 @@ def test_iterator_failure_propagates_and_session_is_dropped(server):
         raise RuntimeError("model crashed")
 
     async def main():
-        async with StreamClient(server.ws, api_key=API_KEY) as c:
+        async with StreamClient(server.ws_url, api_key=API_KEY) as c:
             with pytest.raises(RuntimeError, match="model crashed"):
                 async for _ in c.stream(broken()):
                     pass
@@ -200,7 +201,7 @@ def test_callback_errors_reach_the_caller(server):
         raise ValueError("bad callback")
 
     async def main():
-        async with StreamClient(server.ws, api_key=API_KEY, on_segment=boom) as c:
+        async with StreamClient(server.ws_url, api_key=API_KEY, on_segment=boom) as c:
             with pytest.raises(ValueError, match="bad callback"):
                 async for _ in c.stream("你好。再见。"):
                     pass
@@ -210,7 +211,7 @@ def test_callback_errors_reach_the_caller(server):
 
 
 def test_voices_endpoint_lists_what_the_page_offers(server):
-    req = urllib.request.Request(server.base + "/v1/voices", headers={"Authorization": f"Bearer {API_KEY}"})
+    req = urllib.request.Request(server.url + "/v1/voices", headers={"Authorization": f"Bearer {API_KEY}"})
     with urllib.request.urlopen(req, timeout=10) as r:
         body = json.load(r)
     names = [v["name"] for v in body["voices"]]

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from test_client_support import API_KEY, ROOT, live_server
+from support.fixtures import API_KEY
+from support.servers import ROOT
 
 
 @pytest.fixture(scope="module")
-def server(pack):
-    return live_server()
+def server(int8_server):
+    return int8_server
 
 
 def example(name: str, *args: str, cwd: Path) -> str:
@@ -31,7 +32,7 @@ def seconds(path: Path) -> float:
 
 
 def test_llm_tokens_bargein(server, tmp_path):
-    out = example("llm_tokens_bargein.py", "--url", server.ws, "--api-key", API_KEY, "--barge-in-after", "0.8",
+    out = example("llm_tokens_bargein.py", "--url", server.ws_url, "--api-key", API_KEY, "--barge-in-after", "0.8",
                   cwd=tmp_path)
     assert "user barges in: cancel" in out and "no more audio of that answer" in out
     first, second = seconds(tmp_path / "bargein-1.wav"), seconds(tmp_path / "bargein-2.wav")
@@ -40,7 +41,7 @@ def test_llm_tokens_bargein(server, tmp_path):
 
 def test_openai_sdk(server, tmp_path):
     pytest.importorskip("openai", reason="the openai package is not installed")
-    out = example("openai_sdk.py", "--base-url", server.base + "/v1", "--api-key", API_KEY, "-o", "s.wav",
+    out = example("openai_sdk.py", "--base-url", server.url + "/v1", "--api-key", API_KEY, "-o", "s.wav",
                   cwd=tmp_path)
     assert "wrote s.wav" in out
     with wave.open(str(tmp_path / "s.wav"), "rb") as w:
@@ -53,6 +54,6 @@ def test_live_playback_falls_back_to_a_file(server, tmp_path):
 
     if find_output_device()[0] is not None:
         pytest.skip("this machine has an audio output device")
-    out = example("live_playback.py", "--url", server.ws, "--api-key", API_KEY, "-o", "live.wav", cwd=tmp_path)
+    out = example("live_playback.py", "--url", server.ws_url, "--api-key", API_KEY, "-o", "live.wav", cwd=tmp_path)
     assert "no audio output device" in out and "wrote live.wav" in out
     assert seconds(tmp_path / "live.wav") > 3.0

@@ -1,6 +1,7 @@
-"""``streamtts loadtest`` against a real ``streamtts serve`` (onnx-int8, capacity 4, no phrase
-cache so loaded sessions are synthesized in batches): 4 clients for 60 s, every behaviour, no
-violation; and the checks it makes on the wire flag what they must."""
+"""``streamtts loadtest`` against a real ``streamtts serve`` (the shared int8_server of
+tests/support/fixtures.py: onnx-int8, capacity 4, no phrase cache so loaded sessions are synthesized
+in batches): 4 clients for 60 s, every behaviour, no violation; and the checks it makes on the wire
+flag what they must."""
 
 from __future__ import annotations
 
@@ -11,23 +12,21 @@ import sys
 import numpy as np
 import pytest
 
-from streamtts.bench.ws import Server
 from streamtts.loadtest.report import Parity
 from streamtts.loadtest.session import BEHAVIOURS
 from streamtts.loadtest.wire import SessionLog, Utterance, Wire
+from support.fixtures import API_KEY
 
 
 @pytest.fixture(scope="module")
-def server(pack):
-    srv = Server("onnx-int8", "auto", capacity=4, queue_size=16)
-    yield srv
-    srv.stop()
+def server(int8_server):
+    return int8_server
 
 
 def test_sixty_seconds_of_four_clients_keep_the_protocol(server, tmp_path):
     out = tmp_path / "loadtest.json"
     cmd = [sys.executable, "-m", "streamtts", "loadtest", "--url", f"ws://127.0.0.1:{server.port}/v1/stream",
-           "--clients", "4", "--duration", "60", "--seed", "0", "--json", str(out)]
+           "--api-key", API_KEY, "--clients", "4", "--duration", "60", "--seed", "0", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:] + server.output()[-2000:]
     r = json.loads(out.read_text())

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from test_client_support import API_KEY, ROOT, live_server
+from support.fixtures import API_KEY
+from support.servers import ROOT
 
 from clients.say import Player, RingBuffer, find_output_device
 
@@ -90,8 +91,8 @@ def test_player_starts_with_the_first_packet_and_plays_silence_on_underrun():
 # ---- against the real server --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(pack):
-    return live_server()
+def server(int8_server):
+    return int8_server
 
 
 def say(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -111,7 +112,7 @@ def read_wav(path: Path) -> tuple[int, int, int, float]:
 
 
 def test_say_writes_a_wav_whose_duration_matches(server, tmp_path):
-    r = say("你好，欢迎使用流式语音合成。", "--url", server.ws, "--api-key", API_KEY, "--voice", "Aiyue",
+    r = say("你好，欢迎使用流式语音合成。", "--url", server.ws_url, "--api-key", API_KEY, "--voice", "Aiyue",
             "-o", "out.wav", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = LINE.search(r.stdout)
@@ -127,7 +128,7 @@ def test_say_without_an_audio_device_writes_say_wav(server, tmp_path):
     info, reason = find_output_device()
     if info is not None:
         pytest.skip(f"this machine has an audio output device ({info.get('name')})")
-    r = say("今天天气很好。", "--url", server.ws, "--api-key", API_KEY, cwd=tmp_path)
+    r = say("今天天气很好。", "--url", server.ws_url, "--api-key", API_KEY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"no audio output device ({reason}); writing say.wav instead" in r.stdout
     m = LINE.search(r.stdout)
@@ -137,9 +138,9 @@ def test_say_without_an_audio_device_writes_say_wav(server, tmp_path):
 
 
 def test_say_reports_server_errors_in_one_line(server, tmp_path):
-    r = say("你好。", "--url", server.ws, "-o", "x.wav", cwd=tmp_path)  # no API key
+    r = say("你好。", "--url", server.ws_url, "-o", "x.wav", cwd=tmp_path)  # no API key
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error [unauthorized]: ")
-    r = say("你好。", "--url", server.ws, "--api-key", API_KEY, "--voice", "nobody", "-o", "x.wav", cwd=tmp_path)
+    r = say("你好。", "--url", server.ws_url, "--api-key", API_KEY, "--voice", "nobody", "-o", "x.wav", cwd=tmp_path)
     assert r.returncode == 2 and "error [unknown_voice]" in r.stderr
     assert not (tmp_path / "x.wav").exists()

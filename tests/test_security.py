@@ -22,23 +22,24 @@ from websockets.exceptions import InvalidStatus  # noqa: E402
 
 from streamtts.server import ServerConfig  # noqa: E402
 from streamtts.server.limits import Guard, redact  # noqa: E402
-from test_server import ServerThread, collect, events, jsend, shared_engine, ws_connect  # noqa: E402
+from support.servers import ThreadServer  # noqa: E402
+from support.ws import collect, events, jsend, ws_connect  # noqa: E402
 
 KEY = "k3y-Sekret-1234567890"
 WRONG = "wr0ng-Guess-0987654321"
 
 
 @pytest.fixture(scope="module")
-def keyed(pack):
+def keyed(torch_engine):
     config = ServerConfig(port=0, api_keys=(KEY,), static_dir=None, capacity=2,
                           auth_failure_burst=3, auth_failure_rate=1.0)
-    with ServerThread(config, shared_engine(pack)) as srv:
+    with ThreadServer(config, torch_engine) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def keyless(pack):
-    with ServerThread(ServerConfig(port=0, static_dir=None, capacity=2), shared_engine(pack)) as srv:
+def keyless(torch_engine):
+    with ThreadServer(ServerConfig(port=0, static_dir=None, capacity=2), torch_engine) as srv:
         yield srv
 
 

@@ -136,7 +136,8 @@ def test_cli_rejects_a_bad_blend_before_loading_models(tmp_path, capsys):
 
 # ---- the real engine and server -------------------------------------------------------------
 
-from test_server import ServerThread, collect, events, jsend, shared_engine, ws_connect  # noqa: E402
+from support.servers import ThreadServer, shared_engine  # noqa: E402
+from support.ws import collect, events, jsend, ws_connect  # noqa: E402
 
 
 def test_a_one_voice_blend_sounds_like_that_voice(pack):
@@ -153,7 +154,7 @@ def server(pack):
     from streamtts.server import ServerConfig
 
     config = ServerConfig(port=0, static_dir=None, limits=Limits(rate=40, burst=60), capacity=4)
-    with ServerThread(config, shared_engine(pack)) as srv:
+    with ThreadServer(config, shared_engine(pack)) as srv:
         yield srv
 
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from test_client_support import API_KEY, live_server
+from support.fixtures import API_KEY
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--autoplay-policy=no-user-gesture-required"]
@@ -33,8 +33,8 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def server(pack):
-    return live_server()
+def server(int8_server):
+    return int8_server
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def page(browser, server):
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(server.base + "/?api_key=" + API_KEY)
+    pg.goto(server.url + "/?api_key=" + API_KEY)
     pg.wait_for_function("window.streamtts && window.streamtts.voices.length > 0", timeout=15_000)
     yield pg
     context.close()
@@ -143,7 +143,7 @@ def test_stop_cancels_and_silences_at_once(page):
 def test_page_without_key_says_so(browser, server):
     context = browser.new_context()
     pg = context.new_page()
-    pg.goto(server.base + "/")
+    pg.goto(server.url + "/")
     pg.wait_for_selector("#error:not([hidden])", timeout=15_000)
     assert "API key" in pg.inner_text("#error")
     pg.click("#speak")
@@ -160,7 +160,7 @@ def test_page_converts_a_context_rate_the_server_does_not_send(browser, server):
         window.AudioContext = class extends Base { constructor(o) { super({...o, sampleRate: 32000}); } };
     }""")
     pg = context.new_page()
-    pg.goto(server.base + "/?api_key=" + API_KEY)
+    pg.goto(server.url + "/?api_key=" + API_KEY)
     pg.wait_for_function("window.streamtts.voices.length > 0", timeout=15_000)
     pg.fill("#text", "你好，世界。")
     pg.click("#speak")

@@ -19,12 +19,9 @@ import email.parser
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 import wave
 import zipfile
@@ -32,6 +29,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from support.servers import ProcessServer
 
 packaging_requirements = pytest.importorskip("packaging.requirements")
 
@@ -99,12 +98,6 @@ def _link_distributions(names: set[str], into: Path) -> None:
                 dst.symlink_to(src)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
@@ -143,27 +136,11 @@ def server_venv(built):
 
 @pytest.fixture(scope="module")
 def served(server_venv):
+    """The wheel's own ``streamtts serve`` (torch + MelGAN, capacity 2): its base URL."""
     tmp, python = server_venv
-    port = _free_port()
-    log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen([python.parent / "streamtts", "serve", "--port", str(port), "--engine", "torch",
-                             "--vocoder", "melgan", "--capacity", "2"], cwd=tmp, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while _http(url + "/ready", timeout=5)[0] != 200:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with ProcessServer("--capacity", "2", engine="torch", vocoder="melgan", command=[python.parent / "streamtts"],
+                       cwd=tmp, env={**os.environ, "PYTHONPATH": ""}) as srv:
+        yield srv.url
 
 
 def test_the_wheel_copy_is_imported_not_the_checkout(server_venv):
