@@ -9,8 +9,10 @@
     guard.admit_request(request)          # token bucket per key (per client IP without keys)
     with guard.session() as ok: ...       # ok False when max_sessions are already open
 
-    app = web.Application(middlewares=[guard_middleware])   # Origin and failed-key checks on /v1/
     redact_secrets_in_logs()              # ?api_key=... and Bearer tokens never reach a log line
+
+The middleware that applies these checks to every ``/v1/`` request is
+:func:`streamtts.server.middleware.guard_middleware` (it needs the app's state; this module does not).
 """
 
 from __future__ import annotations
@@ -145,47 +147,6 @@ def _forget_full(buckets: dict[str, TokenBucket]) -> None:
     full = [k for k, b in buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]
     for k in full or list(buckets)[: len(buckets) // 2]:
         del buckets[k]
-
-
-# ---- the middleware ---------------------------------------------------------------------------
-
-
-@web.middleware
-async def guard_middleware(request: web.Request, handler):
-    """On ``/v1/``: refuse other sites' pages (403 ``origin_not_allowed``) and client IPs that
-    failed authentication too often (429 ``rate_limited``, Retry-After); count every 401."""
-    if not request.path.startswith("/v1/") or request.method == "OPTIONS":
-        return await handler(request)  # preflights answer for themselves (app._preflight)
-    from streamtts.server.state import STATE  # state imports this module
-
-    state = request.app[STATE]
-    guard = state.guard
-    if not guard.origin_allowed(request):
-        origin = (request.headers.get("Origin") or "")[:100]
-        return _refuse(request, state, 403, "origin_not_allowed",
-                       f"Origin {origin!r} is not allowed (the server allows its own page and --allowed-origin)")
-    if guard.keyed:
-        wait = guard.auth_retry_after(request)
-        if wait > 0:
-            retry = str(max(1, math.ceil(min(wait, 86400.0))))
-            return _refuse(request, state, 429, "rate_limited",
-                           f"too many failed authentications from this address; retry in {retry} s",
-                           {"Retry-After": retry})
-    response = await handler(request)
-    if response.status == 401:
-        guard.auth_failed(request)
-    return response
-
-
-def _refuse(request: web.Request, state, status: int, code: str, message: str,
-            headers: Optional[dict] = None) -> web.Response:
-    from streamtts.protocol import error_message
-    from streamtts.server.state import openai_error
-
-    if request.path == "/v1/stream":  # the WebSocket's refusals have the protocol's error shape
-        state.metrics.errors.labels(code=code).inc()
-        return web.json_response(error_message(code, message, fatal=True), status=status, headers=headers)
-    return openai_error(status, code, message, state.metrics, headers)
 
 
 # ---- logs -----------------------------------------------------------------------------------------
