@@ -5,7 +5,7 @@ How to call::
     acoustic = OnnxTacotron(pack)                   # fp32; name "onnx"
     acoustic = OnnxTacotron(pack, variant="int8")   # decoder LSTMs in INT8; name "onnx-int8"
     vocoder  = OnnxVocoder(pack)                    # MelGAN of the pack; name "melgan-onnx"
-    vocoder  = OnnxVocoder(kind="hifigan")          # or any engines.registry.VocoderSource
+    vocoder  = OnnxVocoder(kind="hifigan")          # or any engines.vocoder_source.VocoderSource
     engine   = ModelPair(acoustic, vocoder)            # engines.base
 
 Graphs are exported and cached on first use. Every graph but the encoder takes a batch: the
@@ -13,25 +13,21 @@ decoder block runs B rows (memory padded to the longest, a pad mask in the atten
 row's own step limit and gate threshold, in one ORT call per block; the vocoder runs B windows of
 one width. Sessions keep no per-call state and may be run from several threads.
 
-Choices, measured on the 2-core AVX2 EPYC (no VNNI) shared with other jobs:
+Choices, each made by timing the alternatives on the development machine (a 2-core AVX2 CPU
+without VNNI, shared with other jobs; the bench's figures are in the README):
 
 * decoder: one ORT call per block (a Loop around the step) beats one call per step driven from
-  Python (batch 1: INT8 0.26-0.33 vs 0.35-0.40 ms/step, fp32 1.15-1.19 vs 1.19-1.31).
-* decoder block, ms per step (64-step blocks, medians of 25 interleaved runs, min in brackets;
-  the machine was shared, load 1-2.5)::
-
-                        1 thread B=1   1 thread B=16   2 threads B=1   2 threads B=16
-      fp32              0.53 (0.50)    2.51 (2.39)     0.54 (0.44)     2.47 (1.56)
-      int8, per row     0.23 (0.22)    1.57 (1.48)     0.29 (0.26)     1.67 (1.28)
-      int8, per tensor  0.22 (0.21)    1.43 (1.33)     0.27 (0.25)     1.45 (1.10)
-
-  Per-row INT8 activations (engines/onnx_graphs.py) cost 6 % at B=1 and 10 % at B=16 over ORT's
-  per-tensor ones, which couple a batch's rows. A second thread pays at B=16 only on an idle
-  machine (the minima); in the medians it gains nothing and loses 20 % at B=1, so the decoder
-  keeps one thread at every batch size (``decoder_threads`` picks threads by batch size, one
-  session each, for a machine to itself: e.g. ((1, 1), (8, 2))).
-* encoder/postnet/vocoder threads: all cores (at most 4): MelGAN RTF 0.10 with 2 threads vs 0.15
-  with one. Rewriting MelGAN's 1-D convs as 2-D ones and flushing denormals gained nothing.
+  Python, in INT8 most: the shorter the step, the larger the share of the per-call overhead.
+* per-row INT8 activations (engines/onnx_graphs.py) cost a little more per step than ORT's
+  per-tensor ones, which couple a batch's rows; a row's audio that does not depend on its batch
+  is worth it.
+* decoder threads: a second thread pays at larger batches only on an idle machine; on a shared
+  one it gains nothing there and loses at batch 1, so the decoder keeps one thread at every
+  batch size (``decoder_threads`` picks threads by batch size, one session each, for a machine
+  to itself: e.g. ((1, 1), (8, 2))).
+* encoder/postnet/vocoder threads: all cores (at most 4): the vocoder's convolutions do run
+  faster with more. Rewriting MelGAN's 1-D convs as 2-D ones and flushing denormals gained
+  nothing.
 * ORT_ENABLE_ALL graph optimization, sequential execution, no spinning (spinning threads take
   the core other streams' decoders need, and gained nothing measurable here).
 """
@@ -47,8 +43,8 @@ import onnxruntime as ort
 
 from engines.base import Vocoder
 from engines.onnx_export import FLAGS, STATE_NAMES, GraphSet, ensure_graphs, ensure_vocoder_graphs, flag_suffix
-from engines.registry import VocoderSource, vocoder_source
 from engines.tacotron import DecodeBatch, DecodeResult, TacotronModel
+from engines.vocoder_source import VocoderSource, vocoder_source
 from streamtts.pack import VoicePack, ensure_pack
 
 Provider = Union[str, tuple[str, dict]]
@@ -81,8 +77,8 @@ def session_options(threads: int) -> ort.SessionOptions:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
     so.log_severity_level = 3  # the Loop body's shape-inference notices are noise
     # No CPU memory arena: batch sizes and window widths vary from call to call, and the arena
-    # keeps every high-water mark for good (a long soak saw steps of ~10 MB); malloc hands large
-    # blocks back. Measured on 8 sentences: no slower within run-to-run noise, 45 MB less peak RSS.
+    # keeps every high-water mark for good (a long soak's resident memory grew in steps); malloc
+    # hands large blocks back. Without it the sessions were no slower and peaked lower.
     so.enable_cpu_mem_arena = False
     return so
 

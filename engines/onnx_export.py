@@ -30,7 +30,7 @@ How to call::
 
     graphs = ensure_graphs(pack, "fp32")    # or "int8": exports/quantizes what is missing, else verifies
     graphs.path("decoder_block")
-    voc = ensure_vocoder_graphs(vocoder_source(pack, "melgan"))   # engines.registry; voc.path("vocoder_01")
+    voc = ensure_vocoder_graphs(vocoder_source(pack, "melgan"))   # engines.vocoder_source; voc.path("vocoder_01")
 
 A cache's key (``EXPORT_FORMAT``, opset, the weights' sha256 -- the acoustic model's for the
 acoustic graphs, the vocoder's own for its graphs -- and for int8 the onnxruntime version and the
@@ -48,19 +48,17 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import onnx
 import torch
 from torch import nn
 
 from engines.onnx_graphs import STATE_NAMES, build_decoder_block, quantize_decoder_step
+from engines.vocoder_source import VocoderSource
 from streamtts.cachefiles import locked, sha256_file
 from streamtts.models.acoustic import DecoderState, Tacotron2
 from streamtts.pack import VoicePack
-
-if TYPE_CHECKING:
-    from engines.registry import VocoderSource
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +70,10 @@ VARIANTS = ("fp32", "int8")
 FLAGS = ((True, True), (True, False), (False, True), (False, False))
 STEP_INPUTS = ("prev_frame", "masks", "memory", "keys", "pad") + STATE_NAMES
 STEP_OUTPUTS = ("frame", "gate_logit", "alignment") + tuple("new_" + n for n in STATE_NAMES)
-# What the int8 variant quantizes: the decoder only. Measured with dynamic INT8 (one thread): the
-# encoder's LSTM gets 4.4 -> 3.0 ms, once per sentence, for a 0.07 max memory error; ConvInteger
-# makes the postnet 2.8x slower (mel error 0.24 max) and MelGAN 2.3-2.6x slower with an audio
-# error whose RMS is 37 % of the signal's.
+# What the int8 variant quantizes: the decoder only, where the time goes (it runs every step).
+# Dynamic INT8 elsewhere does not pay: the encoder runs once per sentence, so its small gain is not
+# worth its memory error; ConvInteger makes the postnet and MelGAN slower, not faster, and
+# MelGAN's audio error as loud as a good part of the signal.
 INT8_GRAPHS = ("decoder_step", "decoder_block")
 INT8_ACTIVATIONS = "row"  # see engines/onnx_graphs.py
 
@@ -149,7 +147,7 @@ def _example_width(vocoder: nn.Module) -> int:
 def vocoder_first(vocoder: nn.Module, at_start: bool, at_end: bool) -> int:
     """Utterance sample index of a window's first output sample when the window starts at frame 0.
     ``first`` is affine in the offset with slope hop (the product of the upsample strides), so
-    ``first(offset) = offset * hop + vocoder_first(...)``. Measured on the module, not derived."""
+    ``first(offset) = offset * hop + vocoder_first(...)``. Found by running the module, not derived."""
     if at_start and at_end:
         return 0
     with torch.inference_mode():
@@ -369,7 +367,7 @@ def ensure_graphs(pack: VoicePack, variant: str = "fp32") -> GraphSet:
     return GraphSet({**fp32.files, **int8.files}, int8.meta)
 
 
-def vocoder_cache(source: "VocoderSource") -> GraphCache:
+def vocoder_cache(source: VocoderSource) -> GraphCache:
     loaded: list[nn.Module] = []
 
     def module() -> nn.Module:
@@ -395,6 +393,6 @@ def vocoder_meta(module: nn.Module) -> dict[str, Any]:
             "vocoder_first": {flag_suffix(*f): vocoder_first(module, *f) for f in FLAGS}}
 
 
-def ensure_vocoder_graphs(source: "VocoderSource") -> GraphSet:
+def ensure_vocoder_graphs(source: VocoderSource) -> GraphSet:
     """The verified vocoder graphs of ``source``, exported first where missing, stale or corrupted."""
     return vocoder_cache(source).ensure()

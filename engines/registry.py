@@ -4,15 +4,14 @@ How to call::
 
     engine   = create_models("auto")                       # engines.base.ModelPair; pack optional
     engine   = create_models("onnx-int8", vocoder="hifigan")
-    acoustic = create_acoustic("torch")                    # "torch", "onnx", "onnx-int8", "auto"
+    acoustic = create_acoustic("torch")                    # one of ENGINE_NAMES
     vocoder  = create_vocoder("melgan", backend="onnx")    # "melgan", "hifigan", "auto"; backend
                                                            # "torch", "onnx", "auto"
     ENGINE_NAMES, VOCODER_NAMES, VOCODER_BACKENDS          # the accepted names
 
-Acoustic ``auto`` picks the fastest backend that can be built here, by measurement on the 2-core
-CPU (decoder ms/step at batch 1: torch 2.4-2.7, onnx 0.5-1.2, onnx-int8 0.24-0.33) at the same
-intelligibility (Whisper base syllable error on the 16 test sentences x 2 seeds: torch 1.36 %,
-onnx 0.91 %, onnx-int8 1.14 %; one syllable is 0.23 %):
+Acoustic ``auto`` picks the fastest backend that can be built here. On a CPU the bench ranks them
+onnx-int8, onnx, torch by decoder time per step, at the same intelligibility within a syllable
+(the figures: README, "Speed", and docs/bench-cpu2.json):
 
 * onnx-int8 on CPU; its INT8 kernels are CPU kernels, so with a CUDA/TensorRT provider available
   ``auto`` takes onnx (fp32) instead;
@@ -23,33 +22,37 @@ A fallback is logged as a warning with the reason.
 Where torch sees a CUDA GPU, acoustic ``auto`` is ``cuda`` (engines/cuda_backend.py: device-resident
 slots, CUDA-graph decoder blocks) and its vocoder runs on the same GPU; on a CPU ``auto`` is as
 above. ``cuda`` asked for by name on a machine without CUDA raises CudaUnavailableError, unless
-``STREAMTTS_CUDA_DRY_RUN=1`` asks for its code to run on the CPU (for tests).
+``STREAMTTS_CUDA_DRY_RUN=1`` asks for its code to run on the CPU (for tests). ``tensorrt``
+(engines/tensorrt_backend.py: the cuda backend with its decoder step and its vocoder as TensorRT
+engines) is only built when asked for by name; without TensorRT or a CUDA GPU it raises
+TensorRTUnavailableError (``tensorrt_unavailable``) before the voice pack is looked at.
 
-Vocoder ``auto`` is MelGAN on a CPU and HiFiGAN V1 where CUDA is available. Measured here
-(onnx-int8 acoustic model, the 16 test sentences, voices biaobei and Aiyue, Whisper base): HiFiGAN
-0.45 % + 0.91 % syllable errors against MelGAN's 0.0 % + 1.36 %, the same within a syllable,
-while HiFiGAN costs 6.8x MelGAN's arithmetic (52.8 against 7.8 GFLOP per audio second; torch CPU
-2 threads, whole 3 s utterance: RTF 0.51 against 0.08). On this CPU that is the difference between
-serving several streams and not holding one in real time once window context is added, so the
-CPU default is MelGAN; on a GPU the arithmetic is cheap and HiFiGAN is the design card's
-vocoder. Backend ``auto`` is the faster one per vocoder (AUTO_VOCODER_BACKEND: onnx for MelGAN, torch for
+Vocoder ``auto`` is MelGAN on a CPU and HiFiGAN V1 where CUDA is available. Both are equally
+intelligible on the bench's sentences, but HiFiGAN costs several times MelGAN's arithmetic per
+second of audio (README, "Capacity"): on a CPU that is the difference between serving several
+streams and not holding one in real time once window context is added, so the CPU default is
+MelGAN; on a GPU the arithmetic is cheap and HiFiGAN is the design card's vocoder. Backend
+``auto`` is the faster one per vocoder (AUTO_VOCODER_BACKEND: onnx for MelGAN, torch for
 HiFiGAN); onnx falls back to torch, logged, when onnxruntime is missing or the export fails.
+
+The backends are imported by the functions that build them: each loads a heavy or optional
+dependency (torch, onnxruntime, CUDA, TensorRT) that the other backends do not need.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Optional
 
 from engines.base import AcousticModel, ModelPair, Vocoder
+from engines.vocoder_source import (VOCODER_SOURCES, UnknownVocoderError, VocoderSource,  # noqa: F401 (re-exported)
+                                    VocoderUnavailableError, vocoder_source)
 from streamtts.errors import StreamTTSError
 from streamtts.pack import VoicePack, ensure_pack
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "torch", "onnx", "onnx-int8", "cuda")  # acoustic backends
+ENGINE_NAMES = ("auto", "torch", "onnx", "onnx-int8", "cuda", "tensorrt")  # acoustic backends
 VOCODER_NAMES = ("auto", "melgan", "hifigan")
 VOCODER_BACKENDS = ("auto", "torch", "onnx")
 
@@ -58,18 +61,6 @@ class UnknownEngineError(StreamTTSError, ValueError):
     """An engine (acoustic backend or vocoder backend) name that is not one of the accepted ones."""
 
     code = "unknown_engine"
-
-
-class UnknownVocoderError(StreamTTSError, ValueError):
-    """A vocoder name that is not one of VOCODER_NAMES."""
-
-    code = "unknown_vocoder"
-
-
-class VocoderUnavailableError(StreamTTSError, RuntimeError):
-    """A known vocoder whose code is not installed in this checkout."""
-
-    code = "vocoder_unavailable"
 
 
 def _key(name: str, choices: tuple[str, ...], error: type[StreamTTSError], what: str) -> str:
@@ -87,20 +78,23 @@ def check_names(engine: str = "auto", vocoder: str = "auto") -> None:
 
 # ---- acoustic ----------------------------------------------------------------------------------
 
+# Each backend is imported where it is built (see the module docstring): torch, onnxruntime,
+# CUDA and TensorRT load only for the backend asked for.
+
 def _torch(pack: VoicePack) -> AcousticModel:
-    from engines.torch_backend import TorchTacotron
+    from engines.torch_backend import TorchTacotron  # torch
 
     return TorchTacotron(pack)
 
 
 def _onnx(pack: VoicePack, variant: str) -> AcousticModel:
-    from engines.onnx_backend import OnnxTacotron
+    from engines.onnx_backend import OnnxTacotron  # onnxruntime (optional: auto falls back to torch)
 
     return OnnxTacotron(pack, variant=variant)
 
 
 def _gpu_provider() -> bool:
-    import onnxruntime
+    import onnxruntime  # optional: ImportError tells auto to use torch
 
     gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
     return bool(gpu & set(onnxruntime.get_available_providers()))
@@ -109,14 +103,28 @@ def _gpu_provider() -> bool:
 def _cuda(pack: VoicePack) -> AcousticModel:
     """engines/cuda_backend.py: CUDA, or the CPU dry run with STREAMTTS_CUDA_DRY_RUN=1; else a
     typed CudaUnavailableError."""
-    from engines.cuda_backend import CudaTacotron
+    from engines.cuda_backend import CudaTacotron  # torch, on a CUDA device
 
     return CudaTacotron(pack)
 
 
+def _check_tensorrt() -> None:
+    """TensorRTUnavailableError now when TensorRT is missing: before the voice pack is fetched."""
+    from engines.tensorrt_backend import import_tensorrt  # torch; TensorRT itself is optional
+
+    import_tensorrt(builder=False)
+
+
+def _tensorrt(pack: VoicePack) -> AcousticModel:
+    """engines/tensorrt_backend.py: TensorRT on a CUDA GPU, else a typed TensorRTUnavailableError."""
+    from engines.tensorrt_backend import TensorRTTacotron  # torch; TensorRT itself is optional
+
+    return TensorRTTacotron(pack)
+
+
 def _cuda_available() -> bool:
     try:
-        import torch
+        import torch  # optional for the names' checks: without torch there is no CUDA
     except ImportError:
         return False
     return torch.cuda.is_available()
@@ -144,11 +152,15 @@ def _auto(pack: VoicePack) -> AcousticModel:
 def create_acoustic(name: str = "auto", pack: Optional[VoicePack] = None) -> AcousticModel:
     """A new acoustic model by backend name (case-insensitive): one of ENGINE_NAMES."""
     key = _key(name, ENGINE_NAMES, UnknownEngineError, "engine")
+    if key == "tensorrt":
+        _check_tensorrt()
     pack = pack or ensure_pack()
     if key == "torch":
         return _torch(pack)
     if key == "cuda":
         return _cuda(pack)
+    if key == "tensorrt":
+        return _tensorrt(pack)
     if key == "onnx":
         return _onnx(pack, "fp32")
     if key == "onnx-int8":
@@ -158,50 +170,8 @@ def create_acoustic(name: str = "auto", pack: Optional[VoicePack] = None) -> Aco
 
 # ---- vocoder -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class VocoderSource:
-    """Where a vocoder's weights come from: ``kind`` names it (and its ONNX graph folder),
-    ``sha256`` (of the weights file) keys the exported graphs, ``load()`` returns the torch module
-    (CPU, eval) with our window convention (engines/torch_backend.py), and ONNX graphs are cached
-    under ``cache_root/onnx/<kind>/``."""
-
-    kind: str
-    sha256: str
-    load: Callable[[], Any] = field(compare=False)
-    cache_root: Path
-
-
-def _melgan_source(pack: Optional[VoicePack]) -> VocoderSource:
-    pack = pack or ensure_pack()
-    return VocoderSource("melgan", pack.manifest["vocoder"]["sha256"], pack.load_vocoder, Path(pack.path))
-
-
-def _hifigan_source(pack: Optional[VoicePack]) -> VocoderSource:
-    """HiFiGAN has its own pack (not the voice pack's): streamtts/pack/hifigan.py."""
-    _check_vocoder("hifigan")
-    from streamtts.pack.hifigan import ensure_hifigan
-
-    hifigan = ensure_hifigan()
-    return VocoderSource("hifigan", hifigan.manifest["generator"]["sha256"], hifigan.load, Path(hifigan.path))
-
-
-# How each vocoder finds its weights, given the voice pack (or None for the default one).
-VOCODER_SOURCES: dict[str, Callable[[Optional[VoicePack]], VocoderSource]] = {
-    "melgan": _melgan_source,
-    "hifigan": _hifigan_source,
-}
-
-
-def vocoder_source(source: Union[VoicePack, VocoderSource, None], kind: str = "melgan") -> VocoderSource:
-    """A VocoderSource as is; else the ``kind`` vocoder for the voice pack ``source`` (or the default)."""
-    if isinstance(source, VocoderSource):
-        return source
-    key = _key(kind, tuple(VOCODER_SOURCES), UnknownVocoderError, "vocoder")
-    return VOCODER_SOURCES[key](source)
-
-
 def _hifigan_available() -> bool:
-    try:
+    try:  # HiFiGAN's model and pack code, which need torch (the server extra)
         import streamtts.models.hifigan  # noqa: F401
         import streamtts.pack.hifigan  # noqa: F401
     except ImportError:
@@ -211,40 +181,39 @@ def _hifigan_available() -> bool:
 
 def _check_vocoder(kind: str) -> None:
     if kind == "hifigan" and not _hifigan_available():
-        raise VocoderUnavailableError("the HiFiGAN vocoder is not available yet in this version "
-                                      "(streamtts.models.hifigan / streamtts.pack.hifigan missing); use melgan")
+        raise VocoderUnavailableError("the HiFiGAN vocoder cannot be loaded here (streamtts.models.hifigan and "
+                                      "streamtts.pack.hifigan need torch, from the server extra); use melgan")
 
 
 def _torch_vocoder(kind: str, pack: VoicePack) -> Vocoder:
-    from engines.torch_backend import TorchVocoder
+    from engines.torch_backend import TorchVocoder  # torch
 
     return TorchVocoder(vocoder_source(pack, kind).load(), name=f"{kind}-torch")
 
 
 def _onnx_vocoder(kind: str, pack: VoicePack) -> Vocoder:
-    from engines.onnx_backend import OnnxVocoder
+    from engines.onnx_backend import OnnxVocoder  # onnxruntime (optional: auto falls back to torch)
 
     return OnnxVocoder(pack, kind=kind)
 
 
 def _onnxruntime_available() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401  (optional)
     except ImportError:
         return False
     return True
 
 
-# The faster backend of each vocoder, measured in one run on the 2-core CPU (2 threads, RTF of a
-# 200-frame window): MelGAN onnx 0.08 / torch 0.13; HiFiGAN onnx 0.84-0.89 / torch 0.52-0.54
-# (ONNX Runtime's transposed convolutions with HiFiGAN's kernel sizes are the slow part).
+# The faster backend of each vocoder on the CPU, timed side by side: ONNX Runtime for MelGAN, torch
+# for HiFiGAN (ONNX Runtime's transposed convolutions with HiFiGAN's kernel sizes are its slow part).
 AUTO_VOCODER_BACKEND = {"melgan": "onnx", "hifigan": "torch"}
 
 
 def auto_vocoder() -> str:
     """What vocoder ``auto`` means on this machine (see the module docstring)."""
     try:
-        import torch
+        import torch  # optional for the names' checks: without torch there is no CUDA
 
         cuda = torch.cuda.is_available()
     except ImportError:
@@ -282,13 +251,19 @@ def create_models(name: str = "auto", vocoder: str = "auto", pack: Optional[Voic
     (VOCODER_NAMES, on the ``auto`` vocoder backend). Names are checked before anything loads."""
     if isinstance(vocoder, VoicePack):  # the old create_models(name, pack) call
         vocoder, pack = "auto", vocoder
-    _key(name, ENGINE_NAMES, UnknownEngineError, "engine")
+    key = _key(name, ENGINE_NAMES, UnknownEngineError, "engine")
     _check_vocoder(_key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder"))
+    if key == "tensorrt":
+        _check_tensorrt()
     pack = pack or ensure_pack()
     acoustic = create_acoustic(name, pack)
-    if acoustic.name == "cuda":  # its vocoder runs on the same device, on a stream of its own
-        from engines.cuda_backend import cuda_vocoder
+    kind = auto_vocoder() if vocoder == "auto" else _key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder")
+    if acoustic.name == "tensorrt":  # its vocoder is a TensorRT engine too, on the same GPU
+        from engines.tensorrt_backend import TensorRTVocoder  # TensorRT (optional)
 
-        kind = auto_vocoder() if vocoder == "auto" else _key(vocoder, VOCODER_NAMES, UnknownVocoderError, "vocoder")
+        return ModelPair(acoustic, TensorRTVocoder(vocoder_source(pack, kind)))
+    if acoustic.name == "cuda":  # its vocoder runs on the same device, on a stream of its own
+        from engines.cuda_backend import cuda_vocoder  # torch, on a CUDA device
+
         return ModelPair(acoustic, cuda_vocoder(vocoder_source(pack, kind).load(), kind, acoustic))  # type: ignore[arg-type]
     return ModelPair(acoustic, create_vocoder(vocoder, "auto", pack))
