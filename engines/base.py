@@ -1,8 +1,8 @@
 """The two stages every backend implements: an acoustic model and a vocoder (numpy at the edges).
 
-A backend (torch, onnx, onnx-int8; later cuda and tensorrt) implements either or both, and any
-vocoder pairs with any acoustic model: the runner (:mod:`streamtts.core.runner`) only sees these
-two interfaces. No torch here, so the scheduler side stays light.
+A backend (torch, onnx, onnx-int8, cuda, tensorrt: engines/registry.py) implements either or
+both, and any vocoder pairs with any acoustic model: the runner (:mod:`streamtts.core.runner`)
+only sees these two interfaces. No torch here, so the scheduler side stays light.
 
 Acoustic model: text ids + voice -> rows; then decoder blocks for a *batch* of rows::
 

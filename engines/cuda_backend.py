@@ -388,9 +388,9 @@ class CudaTacotron(TorchTacotron):
         return self.buffers.nbytes
 
 
-# Vocoders whose activations do not fit float16: MelGAN's reach 3.6e4 of float16's 6.55e4 on a
-# random mel and overflow on real ones (non-finite audio, measured in the CPU dry run); HiFiGAN's
-# stay below 64. Under float16 these run in float32.
+# Vocoders whose activations do not fit float16: MelGAN's come close to float16's largest value
+# on a random mel and overflow on real ones (non-finite audio in the CPU dry run); HiFiGAN's stay
+# far below it. Under float16 these run in float32.
 FP16_UNSAFE = ("melgan",)
 
 

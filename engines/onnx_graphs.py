@@ -6,19 +6,18 @@ How to call::
     quantize_decoder_step("fp32/decoder_step.onnx", "int8/decoder_step.onnx")          # per row
     quantize_decoder_step(src, dst, activations="tensor")   # ORT's quantize_dynamic (couples rows)
 
-What to quantize in the decoder step (one thread, ms/step of the single-step graph at batch 1,
-and the frame error of one step vs fp32 from fp32's own states over a 290-step utterance, max/mean;
-measured with per-tensor activations):
+What to quantize in the decoder step, chosen by comparing the candidates on the single-step
+graph (one thread, batch 1, per-tensor activations): time per step, and the frame error of one
+step against fp32 from fp32's own states over an utterance:
 
-    fp32                                          1.2-1.5 ms
-    LSTM matrices, per-channel (this recipe)      0.40 ms   0.43 / 0.14
-    LSTM matrices, per-tensor                     0.39 ms   1.04 / 0.44
-    every MatMul/Gemm/Conv (quantize_dynamic)     0.41 ms   1.54 / 0.38
-    recurrent (hh) matrices only                  0.92 ms   0.06 / 0.01
-    MatMulNBits 8-bit, blocks of 32, int8 math    0.88 ms   0.20 / 0.07   (no VNNI on this CPU)
-    MatMulNBits 4-bit, blocks of 32               0.44 ms   1.55 / 0.72
+* the LSTM matrices, per output channel (this recipe): the whole speed-up, with a smaller error
+  than the same matrices per tensor;
+* every MatMul/Gemm/Conv (ORT's quantize_dynamic): no faster, a larger error;
+* the recurrent (hh) matrices only, or MatMulNBits 8-bit blocks with int8 math: far smaller
+  errors, but most of the speed-up lost (the development CPU has no VNNI);
+* MatMulNBits 4-bit blocks: as fast, a larger error.
 
-The LSTM matrices are 97 % of the step's weights and give the whole speed-up.
+The LSTM matrices hold nearly all of the step's weights: that is where its time goes.
 
 Activations per *row*, not per tensor. ORT's dynamic quantization (DynamicQuantizeLinear) gives a
 whole (B, K) activation one scale, so with B rows in a batch a row's numbers depend on its
@@ -32,10 +31,9 @@ with the weights' precomputed column sums::
     x @ W ~ s_r * w_scale * (q @ Wq + m_r * colsum(Wq))           # Wq int8, symmetric per channel
 
 Every op is row-wise and the integer product is exact, so a row's output is the same in any batch
-(measured: bit-identical frames, solo vs batched with two other rows). At B=1 the error vs fp32 is
-the per-tensor recipe's (0.43 / 0.14 above); the cost is 6 % at B=1 and 10 % at B=16 per step
-(engines/onnx_backend.py). ORT's contrib MatMulIntegerToFloat in place of MatMulInteger + Cast +
-Mul was no faster.
+(bit-identical frames, solo and batched: tests/test_engines.py). At B=1 the error against fp32 is
+that of the recipe above; the extra ops cost a little time per step (engines/onnx_backend.py).
+ORT's contrib MatMulIntegerToFloat in place of MatMulInteger + Cast + Mul was no faster.
 """
 
 from __future__ import annotations

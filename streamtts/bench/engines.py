@@ -114,7 +114,8 @@ def timed_engine(acoustic: str, vocoder: str = "auto"):
 
 
 def row_name(engine: str, vocoder: str) -> str:
-    """``onnx-int8+melgan``: the names asked for (``auto`` vocoder is MelGAN for now)."""
+    """``onnx-int8+melgan``: the names asked for (an ``auto`` vocoder is named melgan: on a CPU,
+    where the bench runs, that is what auto picks)."""
     return f"{engine}+{'melgan' if vocoder == 'auto' else vocoder}"
 
 

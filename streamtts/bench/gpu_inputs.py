@@ -13,7 +13,7 @@ working tree as an ignored path)::
 
 The references are computed from the rounded weights, so a float32 run on the GPU is compared with
 the CPU on equal weights and its difference is the device's arithmetic alone; float16 weights halve
-the folder (about 43 MB against 85 MB; the limit is 64 MiB).
+the folder, which keeps it under the 64 MiB a device check may carry.
 
 How to call::
 

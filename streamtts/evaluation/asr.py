@@ -9,7 +9,7 @@ Nothing is ever downloaded.
 How to call::
 
     model_dir = whisper_model_dir()          # assemble if needed, else verify
-    asr = Transcriber()                      # loads the model once (~2 s)
+    asr = Transcriber()                      # loads the model once (seconds: keep it)
     text = asr.transcribe(audio, 22050)      # mono float audio in [-1, 1], any sample rate
 """
 
@@ -39,12 +39,13 @@ SMALL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 MODEL_PARTS = ((PART1, "model.bin.part1"), (PART2, "model.bin.part2"))
 WHISPER_RATE = 16000
 # Without a prompt Whisper base writes traditional characters for most Mandarin clips; this
-# prompt makes transcripts mostly simplified (readable in logs). Measured error rates were the same
-# with and without it (the metric maps traditional to simplified anyway). Its failure mode: on
+# prompt makes transcripts mostly simplified (readable in logs). Error rates were the same with and
+# without it (the metric maps traditional to simplified anyway). Its failure mode: on
 # audio that is not speech-like it can echo the prompt, which then scores as errors.
 DEFAULT_PROMPT = "以下是普通话的句子。"
-# Decoding budget per second of audio. Speech needs ~5 tokens/s; the cap only bites when the
-# decoder loops ("万万万…"), which otherwise runs to Whisper's 448-token limit (~10 s on 2 cores).
+# Decoding budget per second of audio: well above what speech needs, so the cap only bites when
+# the decoder loops ("万万万…"), which otherwise runs to Whisper's 448-token limit (seconds of
+# compute per clip for nothing).
 TOKENS_PER_SECOND = 12
 MIN_NEW_TOKENS = 24
 _CHUNK = 1 << 20
@@ -246,7 +247,7 @@ class Transcriber:
             vad_filter=False,
             condition_on_previous_text=False,
             initial_prompt=self.initial_prompt,
-            # Measured: with timestamp tokens, 2 s of silence or faint noise made Whisper loop on
+            # With timestamp tokens, a clip of silence or faint noise made Whisper loop on
             # invented text (or echo the prompt); without them it returned "". Clips longer than
             # 30 s are then cut at fixed 30 s windows, fine for sentence-sized test clips.
             without_timestamps=True,

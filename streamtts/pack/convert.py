@@ -55,9 +55,9 @@ def convert_acoustic(tree: Inert, hparams: dict[str, Any]) -> tuple[AcousticConf
     """ttskit Tacotron2 tree + its hparams JSON -> (config, state dict in our names).
 
     ``gate_threshold``/``max_decoder_steps`` are taken from the pickled decoder (0.8, 1200), which
-    is what ttskit's inference runs with, not from the hparams JSON (0.5, 1000). Measured on the
-    16 test sentences with Whisper: both thresholds stop every sentence on the gate, and 0.8 gave
-    1.4 % toneless-pinyin errors for Aiyue against 2.3 % with 0.5 (biaobei 0.45 % with either)."""
+    is what ttskit's inference runs with, not from the hparams JSON (0.5, 1000): on the test
+    sentences both thresholds stop every sentence on the gate, and 0.8 was the more intelligible
+    by Whisper (fewer toneless-pinyin errors for Aiyue, the same for biaobei)."""
     if tree.cls != "mellotron.model.Tacotron2":
         raise ModelPackError(f"expected a Tacotron2 module, found {tree.cls}")
     decoder = tree.child("decoder")
