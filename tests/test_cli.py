@@ -33,6 +33,19 @@ def test_frontend_prints_one_json_object():
     assert out["ids"][-2:] == [1, 0]  # "~ _" ends every utterance
 
 
+def test_frontend_reads_with_the_lexicon_it_is_given(tmp_path):
+    readings = {}
+    for name, reading in (("xing", "yin2 xing2"), ("yin1", "yin1 hang2"), (None, None)):
+        args = ["frontend", "我们去银行。"]
+        if name is not None:
+            (tmp_path / f"{name}.tsv").write_text(f"银行\t{reading}\n", encoding="utf-8")
+            args += ["--lexicon", str(tmp_path / f"{name}.tsv")]
+        proc = run(*args)
+        assert proc.returncode == 0, proc.stderr
+        readings[name] = json.loads(proc.stdout)["pinyin"][-2:]
+    assert readings == {"xing": ["yin2", "xing2"], "yin1": ["yin1", "hang2"], None: ["yin2", "hang2"]}
+
+
 def test_synth_writes_a_wav(tmp_path):
     out = tmp_path / "out.wav"
     proc = run("synth", "今天天气很好。", "-o", str(out), "--voice", "Aiyue", "--seed", "3")

@@ -174,8 +174,7 @@ def test_readings_ignore_global_pypinyin_customization():
 
     saved = constants.PHRASES_DICT["银行"]
     constants.PHRASES_DICT["银行"] = [["yín"], ["xíng"]]
-    g2p._word_reading.cache_clear()
-    g2p.pinyin_run.cache_clear()
+    g2p.clear_caches()
     try:
         assert pinyin("银行") == "yin2 hang2"
     finally:

@@ -24,7 +24,7 @@ import tempfile
 import pytest
 
 from streamtts.text import SYMBOL_TO_ID, SYMBOLS, phonemize
-from streamtts.text.lexicon import load, tone3
+from streamtts.text.dictionary import load_dictionary, tone3
 from streamtts.text.symbols import syllable_phonemes
 
 # phkit is a test-only dependency. It is only ever imported in the child process (see the
@@ -154,7 +154,7 @@ def test_every_syllable_pypinyin_can_produce(reference):
     """Every reading of every character and phrase pypinyin knows (about 1560 syllables, far
     beyond the common 3000 hanzi) maps onto the model's symbols; phkit agrees on all it
     knows. The few it lacks are rare interjections and dialect syllables."""
-    lex = load()
+    lex = load_dictionary()
     syllables = {tone3(p) for v in lex.pinyin_dict.values() for p in v.split(",")}
     syllables |= {tone3(p) for v in lex.phrases_dict.values() for ps in v for p in ps}
     assert len(syllables) > 1500

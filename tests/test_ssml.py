@@ -16,7 +16,7 @@ from streamtts.protocol import Session
 from streamtts.text import phonemize, phonemize_spans
 from streamtts.text.markup import Span, parse_inline
 from streamtts.text.ssml import Break, Text, maybe_ssml, parse_ssml
-from streamtts.text.userlex import load_lexicon, parse_lexicon, set_user_lexicon
+from streamtts.text.lexicon import Lexicon
 
 
 def speak(body: str, attrs: str = "") -> str:
@@ -25,12 +25,6 @@ def speak(body: str, attrs: str = "") -> str:
 
 def spans(doc) -> list[Span]:
     return [p.span for p in doc.pieces if isinstance(p, Text)]
-
-
-@pytest.fixture
-def user_lexicon():
-    yield set_user_lexicon
-    set_user_lexicon(None)  # the frontend is process-wide: leave it as found
 
 
 # ---- elements ---------------------------------------------------------------------------------
@@ -217,29 +211,26 @@ def test_inline_groups():
     assert phonemize("{绿|lv4}{绿|lü4}").pinyin == ["lv4", "lv4"]
 
 
-def test_phoneme_inline_and_lexicon_give_the_same_ids(user_lexicon):
+def test_phoneme_inline_and_lexicon_give_the_same_ids():
     default = phonemize("他行了。")
     assert default.pinyin[1] == "xing2"
     inline = phonemize("他{行|hang2}了。")
     ssml = phonemize(parse_ssml(speak('他<phoneme alphabet="pinyin" ph="hang2">行</phoneme>了。')))
-    user_lexicon({"行": ("hang2",)})
-    lexicon = phonemize("他行了。")
+    lexicon = phonemize("他行了。", Lexicon({"行": ("hang2",)}))
     assert inline.ids == ssml.ids == lexicon.ids != default.ids
     assert inline.normalized == ssml.normalized == default.normalized == "他行了."
 
 
-def test_a_lexicon_line_changes_the_g2p_of_a_word(user_lexicon, tmp_path):
+def test_a_lexicon_line_changes_the_g2p_of_a_word(tmp_path):
     assert phonemize("我们去银行").pinyin == ["wo3", "men5", "qu4", "yin2", "hang2"]
     path = tmp_path / "words.tsv"
     path.write_text("# my words\n\n银行\tyin2 xing2\n重庆\t chong2  qing4 \n", encoding="utf-8")
-    user_lexicon(load_lexicon(path))
-    assert phonemize("我们去银行").pinyin == ["wo3", "men5", "qu4", "yin2", "xing2"]
-    assert phonemize("重庆").pinyin == ["chong2", "qing4"]
-    assert phonemize("还钱").pinyin[0] == "huan2"  # a built-in context rule ...
-    user_lexicon({"还": ("hai2",)})
-    assert phonemize("还钱").pinyin[0] == "hai2"  # ... gives way to the lexicon
-    user_lexicon(None)
-    assert phonemize("我们去银行").pinyin[-1] == "hang2"
+    lexicon = Lexicon.load(path)
+    assert phonemize("我们去银行", lexicon).pinyin == ["wo3", "men5", "qu4", "yin2", "xing2"]
+    assert phonemize("重庆", lexicon).pinyin == ["chong2", "qing4"]
+    assert phonemize("还钱", lexicon).pinyin[0] == "huan2"  # a built-in context rule ...
+    assert phonemize("还钱", Lexicon({"还": ("hai2",)})).pinyin[0] == "hai2"  # ... gives way to the lexicon
+    assert phonemize("我们去银行").pinyin[-1] == "hang2"  # without it: the built-in reading
 
 
 @pytest.mark.parametrize("text, line, words", [
@@ -252,14 +243,14 @@ def test_a_lexicon_line_changes_the_g2p_of_a_word(user_lexicon, tmp_path):
 ])
 def test_bad_lexicon_lines_name_their_line(text, line, words):
     with pytest.raises(LexiconError) as e:
-        parse_lexicon(text, "words.tsv")
+        Lexicon.parse(text, "words.tsv")
     assert e.value.code == "bad_lexicon"
     assert e.value.message.startswith(f"words.tsv, line {line}: ") and words in e.value.message
 
 
 def test_missing_lexicon_file(tmp_path):
     with pytest.raises(LexiconError, match="no such lexicon file"):
-        load_lexicon(tmp_path / "nope.tsv")
+        Lexicon.load(tmp_path / "nope.tsv")
 
 
 def test_spans_keep_punctuation_and_map_substitutes_to_the_shown_chars():

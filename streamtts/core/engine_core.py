@@ -1,12 +1,14 @@
 """One scheduler and one runner around an engine: the single orchestration that the library API
 (:mod:`streamtts.speaker`) and the server's worker thread both drive::
 
-    core = EngineCore(create_engine("auto"), cache=None, config=SchedulerConfig())
+    core = EngineCore(create_engine("auto"), cache=None, config=SchedulerConfig(), lexicon=lex)
     core.scheduler.add_request(req); core.scheduler.command(req, TEXT, 0, "你好。")
     while core.step(timeout=0.5) or running:   # one tick: schedule -> execute -> update
         ...
 
 ``step`` runs in one thread (the engine's); requests and commands may come from any thread.
+``lexicon`` (``streamtts.text.lexicon``; None: none) is the core's user lexicon: every request's
+chunker keeps its words whole and the runner reads the chunks with it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from engines.base import ModelPair
 from streamtts.core.cache import PhraseCache
 from streamtts.core.runner import Runner
 from streamtts.core.scheduler import Plan, RunnerOutput, Scheduler, SchedulerConfig
+from streamtts.text.lexicon import Lexicon
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,13 @@ class EngineCore:
     def __init__(self, engine: ModelPair, cache: Optional[PhraseCache] = None,
                  config: Optional[SchedulerConfig] = None,
                  on_tick: Optional[Callable[[Plan, RunnerOutput], None]] = None,
-                 scheduler: Optional[Scheduler] = None):
+                 scheduler: Optional[Scheduler] = None, lexicon: Optional[Lexicon] = None):
         self.engine = engine
+        self.lexicon = lexicon
         self.scheduler = scheduler or Scheduler()
         self.scheduler.config = config or scheduler_config_for(engine)
-        self.runner = Runner(engine, cache)
+        self.scheduler.lexicon = lexicon  # given to each request it admits, for its chunker
+        self.runner = Runner(engine, cache, lexicon)
         self.on_tick = on_tick
         self.busy_since: Optional[float] = None  # monotonic start of the tick running now (watchdog)
 

@@ -1,7 +1,8 @@
 """The runner: executes a scheduler plan on an acoustic model and a vocoder, batched.
 
-    runner = Runner(engine, cache=None)       # engines.base.ModelPair; optional PhraseCache
-    output = runner.execute(plan)             # streamtts.core.scheduler.Plan -> RunnerOutput
+    runner = Runner(engine, cache=None, lexicon=None)   # engines.base.ModelPair; optional PhraseCache
+                                                        # and user lexicon (streamtts.text.lexicon)
+    output = runner.execute(plan)                       # streamtts.core.scheduler.Plan -> RunnerOutput
 
 Per tick: start the planned chunks (phonemize, look up the phrase cache, encode), run ONE decoder
 call for every planned row, then vocode the planned windows in batched calls. It holds each
@@ -30,6 +31,7 @@ from streamtts.core.stream import MelStream
 from streamtts.core.timing import char_times
 from streamtts.errors import StreamTTSError, TextError
 from streamtts.text import Phonemized, phonemize
+from streamtts.text.lexicon import Lexicon
 from streamtts.voices import speaker_vector
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,11 @@ class ChunkRun:
 
 
 class Runner:
-    def __init__(self, engine: ModelPair, cache: Optional[PhraseCache] = None):
+    def __init__(self, engine: ModelPair, cache: Optional[PhraseCache] = None,
+                 lexicon: Optional[Lexicon] = None):
         self.engine = engine
         self.cache = cache
+        self.lexicon = lexicon  # the user lexicon chunks are read with (None: none)
         self.chunks: dict[int, ChunkRun] = {}  # request id -> the chunk it is speaking
 
     def execute(self, plan: Plan) -> RunnerOutput:
@@ -84,7 +88,7 @@ class Runner:
     # -- stages --------------------------------------------------------------------------------
     def _begin(self, b: Begin) -> RowResult:
         try:
-            ph = phonemize(b.text)
+            ph = phonemize(b.text, self.lexicon)
         except TextError:
             return RowResult(skipped=True)  # nothing speakable left after normalization
         speed = effective_speed(b.speed, getattr(b.text, "rate", 1.0))

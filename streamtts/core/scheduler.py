@@ -45,6 +45,7 @@ from typing import Iterator, Optional
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
 from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, ChunkProgress, Request, Status
 from streamtts.core.timing import pause_samples
+from streamtts.text.lexicon import Lexicon
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._dirty = False
         self.closed: Optional[tuple[str, str]] = None  # (code, message) once shut down
+        self.lexicon: Optional[Lexicon] = None  # the core's user lexicon (EngineCore sets it)
 
     def shutdown(self, code: str, message: str) -> None:
         """The engine cannot go on (any thread): fail every request now and every later one on
@@ -212,6 +214,7 @@ class Scheduler:
     def _plan(self) -> Plan:
         while self._new:
             req = self._new.popleft()
+            req.use_lexicon(self.lexicon)  # before its text: chunks are cut as the runner reads them
             self.requests[req.id] = req
         for req in list(self.requests.values()):
             self._guarded(req, self._drain, req)

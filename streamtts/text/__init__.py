@@ -10,10 +10,16 @@ Call::
     p.ids          # same length as phonemes
     p.char_index   # [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, -1, -1]
 
+A user lexicon (``lexicon.py``: words whose reading the deployer fixes) is passed, not set::
+
+    lex = Lexicon.load("words.tsv")
+    phonemize("我们去银行", lex)   # the lexicon's readings; left out: the built-in ones only
+
 Raises ``streamtts.errors.EmptyTextError`` for empty/whitespace text and
 ``NoSpeakableTextError`` when nothing speakable remains (emoji, punctuation only ...).
-Thread-safe; the first call loads the dictionaries (about a second), ``warm_up()`` does it
-ahead of time. Later calls take well under a millisecond per sentence.
+Thread-safe; the first call loads the dictionaries (about a second), ``warm_up(lexicon)`` does it
+ahead of time (and builds that lexicon's word segmenter). Later calls take well under a
+millisecond per sentence.
 
 Layout of ``phonemes``: every hanzi is ``initial final tone -``; every letter is its symbol
 then ``-``; a space between Latin words is ``# -``; punctuation is its mark then ``-``; the
@@ -29,12 +35,13 @@ from dataclasses import dataclass
 from ..errors import EmptyTextError, NoSpeakableTextError
 from .g2p import pinyin_run
 from .g2p import warm_up as _warm_g2p
+from .lexicon import DEFAULT_LEXICON, Lexicon
 from .markup import MarkedText, Span, parse_inline
 from .normalize import SPOKEN_PUNCT, is_speakable, normalize
 from .symbols import CHAIN, EOS, PAD, SYMBOL_TO_ID, SYMBOLS, letter_symbol, syllable_phonemes
 
 __all__ = ["Phonemized", "phonemize", "phonemize_spans", "normalize", "warm_up", "SYMBOLS", "SYMBOL_TO_ID",
-           "Span", "MarkedText", "parse_inline"]
+           "Span", "MarkedText", "parse_inline", "Lexicon", "DEFAULT_LEXICON"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,9 @@ def _is_hanzi(ch: str) -> bool:
     return ch > "\u2e7f"
 
 
-def phonemize(text: str) -> Phonemized:
-    """Normalize ``text`` and turn it into model symbols (see the module docstring).
+def phonemize(text: str, lexicon: Lexicon | None = None) -> Phonemized:
+    """Normalize ``text`` and turn it into model symbols (see the module docstring), reading the
+    words of ``lexicon`` as it says (None: no user lexicon).
 
     Inline readings (``{行|hang2}``, see ``markup.py``) are honoured; a ``MarkedText`` (an SSML
     chunk) is spoken from its spans, an ``ssml.SsmlDocument`` from the spans of its text (its
@@ -63,14 +71,15 @@ def phonemize(text: str) -> Phonemized:
     spans = getattr(text, "spans", None)
     if spans is None and hasattr(text, "pieces"):
         spans = [p.span for p in text.pieces if hasattr(p, "span")]
-    return phonemize_spans(spans if spans is not None else parse_inline(text), text)
+    return phonemize_spans(spans if spans is not None else parse_inline(text), text, lexicon)
 
 
-def phonemize_spans(spans, text: str | None = None) -> Phonemized:
+def phonemize_spans(spans, text: str | None = None, lexicon: Lexicon | None = None) -> Phonemized:
     """Speak a list of ``markup.Span``: each span is normalized on its own (one plain span: the
     whole text, as ``normalize``), the G2P runs over the joined result so words keep their context,
     and a span's readings replace the G2P's syllables for its hanzi (as spoken: no sandhi)."""
     spans = tuple(spans)
+    lexicon = DEFAULT_LEXICON if lexicon is None else lexicon
     if text is None:
         text = "".join(s.shown for s in spans)
     fixed: dict[int, str] = {}
@@ -113,7 +122,7 @@ def phonemize_spans(spans, text: str | None = None) -> Phonemized:
         if _is_hanzi(ch):
             while j < n and _is_hanzi(norm[j]):
                 j += 1
-            for k, syllable in enumerate(_run_pinyin(norm, i, j, fixed)):
+            for k, syllable in enumerate(_run_pinyin(norm, i, j, fixed, lexicon)):
                 parts = syllable_phonemes(syllable)
                 if parts is None:  # not reachable with pypinyin's tables; never crash on it
                     continue
@@ -144,20 +153,22 @@ def phonemize_spans(spans, text: str | None = None) -> Phonemized:
     )
 
 
-def _run_pinyin(norm: str, i: int, j: int, fixed: dict[int, str]) -> list[str]:
+def _run_pinyin(norm: str, i: int, j: int, fixed: dict[int, str], lexicon: Lexicon) -> list[str]:
     """Syllables of the hanzi run norm[i:j]: the G2P's, with the fixed readings put in."""
     if not any(k in fixed for k in range(i, j)):
-        return list(pinyin_run(norm[i:j]))
+        return list(pinyin_run(norm[i:j], lexicon))
     if all(k in fixed for k in range(i, j)):
         return [fixed[k] for k in range(i, j)]
     try:
-        out = list(pinyin_run(norm[i:j]))
+        out = list(pinyin_run(norm[i:j], lexicon))
     except ValueError:  # a fixed hanzi the dictionaries have no reading for: read the rest alone
-        out = [fixed.get(k) or pinyin_run(norm[k])[0] for k in range(i, j)]
+        out = [fixed.get(k) or pinyin_run(norm[k], lexicon)[0] for k in range(i, j)]
     return [fixed.get(i + k, s) for k, s in enumerate(out)]
 
 
-def warm_up() -> None:
-    """Load jieba, pypinyin and OpenCC now, so the first real request is fast."""
-    _warm_g2p()
-    phonemize("你好，2024年。")
+def warm_up(lexicon: Lexicon | None = None) -> None:
+    """Load jieba (``lexicon``'s segmenter), pypinyin and OpenCC now, so the first real request
+    is fast."""
+    lexicon = DEFAULT_LEXICON if lexicon is None else lexicon
+    _warm_g2p(lexicon)
+    phonemize("你好，2024年。", lexicon)

@@ -2,7 +2,7 @@
 
 Call::
 
-    chunker = SentenceChunker(max_chars=40, first_max_chars=12)
+    chunker = SentenceChunker(max_chars=40, first_max_chars=12, lexicon=lex)   # lex: text.lexicon
     for fragment in llm_stream:                  # "今天", "天气很", "好。我们" ...
         for chunk in chunker.push(fragment):     # complete chunks, as soon as they are known
             speak(chunk.text); silence(chunk.pause_ms)
@@ -21,8 +21,9 @@ Rules, in short:
   least ``min_chars`` speakable characters before it, so first audio comes quickly.
 * A chunk is at most ``max_chars`` characters (``first_max_chars`` for the first), not counting
   the marks that close it. Past the cap it is cut at the last soft break, else at a word boundary
-  (jieba, or a space between Latin words), never inside a number or a Latin word unless that
-  token alone is longer than the cap.
+  (the lexicon's jieba segmenter, or a space between Latin words), never inside a number or a
+  Latin word unless that token alone is longer than the cap, and never inside a word of the user
+  lexicon (the same lexicon the frontend reads the chunks with; none: the built-in words only).
 * A chunk is emitted once the first char after its closing marks has arrived (it may be a closing
   quote that belongs to it); if that char is a space, once a non-space char or a newline arrives
   (a newline makes the pause a paragraph pause). ``flush()`` waits for nothing. Pushing a text in
@@ -44,6 +45,7 @@ import string
 from dataclasses import dataclass
 
 from streamtts.text.inline import INLINE, INLINE_PREFIX, MAX_GROUP_CHARS
+from streamtts.text.lexicon import DEFAULT_LEXICON, Lexicon
 
 # Silence after a chunk, by what ended it. Tune here.
 PAUSE_MS: dict[str, int] = {
@@ -83,24 +85,19 @@ _FALLBACK_TOKENS = re.compile(r"[A-Za-z0-9]+|\s+|.", re.S)
 _LOOKAHEAD = 8  # chars past the cap that the word-boundary cut looks at
 _MAX_RUN = 16  # longest run of closing marks or spaces looked through (bounds the buffer)
 
-_cut_words = None  # jieba.lcut once imported; loaded lazily because the dictionary takes ~1 s
 
 
-def _words(text: str) -> list[str]:
-    global _cut_words
-    if _cut_words is None:
-        try:
-            import jieba
-
-            _cut_words = jieba.lcut
-        except ImportError:  # jieba is optional: then every CJK char is a word
-            _cut_words = _FALLBACK_TOKENS.findall
-    return _cut_words(text)
+def _words(text: str, lexicon: Lexicon) -> list[str]:
+    try:
+        return lexicon.cut(text, hmm=True)
+    except ImportError:  # jieba is optional: then every CJK char is a word
+        return _FALLBACK_TOKENS.findall(text)
 
 
-def preload() -> None:
-    """Load the word segmenter now (about 1 s, once) rather than at the first over-long chunk."""
-    _words("预热")
+def preload(lexicon: Lexicon | None = None) -> None:
+    """Build the lexicon's word segmenter now (slow, once per lexicon) rather than at the first
+    over-long chunk."""
+    _words("预热", DEFAULT_LEXICON if lexicon is None else lexicon)
 
 
 def _speakable(text: str) -> bool:
@@ -122,12 +119,17 @@ class SentenceChunker:
 
     ``max_chars``: cap of a chunk's length; ``first_max_chars``: cap of the first chunk of an
     utterance (at most ``max_chars``); ``min_chars``: speakable chars needed before a soft break
-    to cut there (first chunk, or at the cap).
+    to cut there (first chunk, or at the cap); ``lexicon``: the user lexicon whose words are
+    never cut and whose segmenter finds word boundaries (None: no user lexicon).
     """
 
-    def __init__(self, max_chars: int = 40, first_max_chars: int = 12, min_chars: int = 2):
+    def __init__(self, max_chars: int = 40, first_max_chars: int = 12, min_chars: int = 2,
+                 lexicon: Lexicon | None = None):
         if max_chars < 1 or first_max_chars < 1 or min_chars < 0:
             raise ValueError("max_chars and first_max_chars must be >= 1, min_chars >= 0")
+        self.lexicon = DEFAULT_LEXICON if lexicon is None else lexicon
+        # a user word around the cap must lie wholly in the text looked at, to be kept whole
+        self._lookahead = max(_LOOKAHEAD, self.lexicon.longest)
         self.max_chars = max_chars
         self.first_max_chars = min(first_max_chars, max_chars)
         self.min_chars = min_chars
@@ -207,13 +209,15 @@ class SentenceChunker:
         i, spk = self._pos, self._spk
         while True:
             if i > limit:  # seg[:limit + 1] holds no end: the chunk must be cut
-                if n < limit + _LOOKAHEAD and not final:
+                ahead = self._lookahead
+                if n < limit + ahead and not final:
                     break
                 if self._soft:
                     return self._soft
-                groups = _groups(seg, limit + _LOOKAHEAD, final)
+                groups = _groups(seg, limit + ahead, final)
                 if groups is None:
                     break  # an inline reading may be open near the cut: wait for its end
+                groups += self.lexicon.find(seg[: limit + ahead])
                 k = self._word_cut(seg, limit, groups)
                 if k is None and limit < self.max_chars:
                     # one token (a URL, a long number) spans the short first cap: let the
@@ -343,20 +347,19 @@ class SentenceChunker:
             return None
         return j, _SOFT[c]
 
-    @staticmethod
-    def _word_cut(seg: str, limit: int, groups: list[tuple[int, int]] = ()) -> int | None:
-        """Largest word boundary k <= limit in seg[:limit + _LOOKAHEAD] not inside a number,
-        a Latin word or an inline reading (``groups``), and leaving something speakable before
-        it; None if there is none."""
-        window = seg[: limit + _LOOKAHEAD]
+    def _word_cut(self, seg: str, limit: int, groups: list[tuple[int, int]] = ()) -> int | None:
+        """Largest word boundary k <= limit in seg[:limit + lookahead] not inside a number,
+        a Latin word, an inline reading or a user word (``groups``), and leaving something
+        speakable before it; None if there is none."""
+        window = seg[: limit + self._lookahead]
         bounds = set()
         pos = 0
-        for word in _words(window):
+        for word in _words(window, self.lexicon):
             pos += len(word)
             if pos > limit:
                 break
             bounds.add(pos)
-        for m in _ATOM.finditer(window, 0, limit + _LOOKAHEAD):
+        for m in _ATOM.finditer(window):
             if m.start() < limit:
                 bounds.difference_update(range(m.start() + 1, m.end()))
         for start, end in groups:
@@ -382,11 +385,23 @@ def _groups(seg: str, upto: int, final: bool) -> list[tuple[int, int]] | None:
 
 
 def _outside(seg: str, k: int, groups: list[tuple[int, int]]) -> int:
-    """``k``, or the nearest cut outside the inline reading around it."""
-    for start, end in groups:
+    """``k``, or the nearest cut outside the inline readings and user words around it."""
+    for start, end in _merged(groups):
         if start < k < end:
             return start if _speakable(seg[:start]) else end
     return k
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping spans joined (user words may overlap each other and inline readings), so that
+    a cut moved to the edge of one is outside all of them."""
+    out: list[list[int]] = []
+    for start, end in sorted(spans):
+        if out and start < out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
 
 
 def split_text(text: str, **kw) -> list[Chunk]:

@@ -1,15 +1,17 @@
 """Hanzi -> pinyin as spoken: phrase-level polyphones, context rules, erhua, tone sandhi.
 
-Call ``pinyin_run(run)`` with a run of hanzi that all have a reading (``normalize`` guarantees
-that) and no punctuation inside; it returns one tone3 syllable per character::
+Call ``pinyin_run(run, lexicon)`` with a run of hanzi that all have a reading (``normalize``
+guarantees that) and no punctuation inside, and the user lexicon (``lexicon.py``; left out: none);
+it returns one tone3 syllable per character::
 
     pinyin_run("你好")        # -> ("ni2", "hao3")
     pinyin_run("我们去银行")   # -> ("wo3", "men5", "qu4", "yin2", "hang2")
     pinyin_run("玩儿")        # -> ("wan2", "er5")
+    pinyin_run("银行", Lexicon({"银行": "yin2 xing2"}))   # -> ("yin2", "xing2")
 
-Steps, per jieba word of the run:
+Steps, per word of the run as the lexicon's segmenter cuts it:
 
-1. a fixed reading from the user lexicon (``userlex.py``), else from ``overrides.WORD_READINGS``,
+1. a fixed reading from the user lexicon, else from ``overrides.WORD_READINGS``,
    if the word has one; otherwise
 2. pypinyin's phrase dictionary for the word, else forward maximum matching of its
    phrases inside the word, else each character's most common reading, corrected where that
@@ -23,16 +25,19 @@ Steps, per jieba word of the run:
    (ttskit turned ``wanr2`` into ``wan2 er5``);
 5. tone sandhi (``sandhi.apply``).
 
-Results are cached per run, so repeated text costs a dictionary lookup.
+Results are cached per run and lexicon, so repeated text costs a dictionary lookup. A lexicon's
+cache goes with it (a lexicon holds a whole segmenter: caches must not keep one alive).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from functools import lru_cache
 
 from . import sandhi
-from .lexicon import load
-from .userlex import user_readings
+from .dictionary import load_dictionary
+from .lexicon import DEFAULT_LEXICON, Lexicon
 from .overrides import (
     DEI_BEFORE,
     NEUTRAL_AA_NOUNS,
@@ -47,12 +52,15 @@ from .overrides import (
 )
 
 _NOT_ERHUA_LONG = tuple(w for w in NOT_ERHUA if len(w) > 1)
+_RUNS_PER_LEXICON = 8192  # cached runs of one lexicon; the cache starts over when full
+_run_caches: "weakref.WeakKeyDictionary[Lexicon, dict]" = weakref.WeakKeyDictionary()
+_run_caches_lock = threading.Lock()
 
 
 def _lookup(word: str) -> tuple[list[str], list[bool]]:
     """Dictionary readings for ``word`` and, per character, whether it was a guess (the
     character's default reading because no phrase covered it)."""
-    lex = load()
+    lex = load_dictionary()
     whole = lex.phrase_reading(word)
     if whole is not None:
         return whole, [False] * len(word)
@@ -100,9 +108,7 @@ def _fix_guesses(word: str, out: list[str], guessed: list[bool]) -> None:
 
 @lru_cache(maxsize=16384)
 def _word_reading(word: str) -> tuple[str, ...]:
-    user = user_readings()
-    if word in user:  # the deployer's lexicon wins over every built-in rule
-        return user[word]
+    """The built-in reading of a word (a user lexicon's, which wins over it, is looked up first)."""
     if word in WORD_READINGS:
         return tuple(WORD_READINGS[word].split())
     out, guessed = _lookup(word)
@@ -117,11 +123,10 @@ def _word_reading(word: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _context(words: list[str], readings: list[list[str]]) -> None:
+def _context(words: list[str], readings: list[list[str]], lexicon: Lexicon) -> None:
     """Single-character words whose reading depends on their neighbours (in place)."""
-    user = user_readings()
     for k, word in enumerate(words):
-        if word in user:
+        if word in lexicon:
             continue  # the deployer's reading is final (sandhi still follows)
         prev = words[k - 1] if k else ""
         nxt = words[k + 1] if k + 1 < len(words) else ""
@@ -149,25 +154,40 @@ def _context(words: list[str], readings: list[list[str]]) -> None:
                 readings[k] = ["er5"]
 
 
-@lru_cache(maxsize=8192)
-def pinyin_run(run: str) -> tuple[str, ...]:
-    """One syllable per character of ``run`` (hanzi only), as spoken."""
-    lex = load()
-    words = lex.cut(run)
-    readings = [list(_word_reading(w)) for w in words]
-    _context(words, readings)
-    spoken = sandhi.apply(words, readings, lex)
+def pinyin_run(run: str, lexicon: Lexicon = DEFAULT_LEXICON) -> tuple[str, ...]:
+    """One syllable per character of ``run`` (hanzi only), as spoken with ``lexicon``."""
+    cache = _run_caches.get(lexicon)
+    if cache is None:
+        with _run_caches_lock:
+            cache = _run_caches.setdefault(lexicon, {})
+    out = cache.get(run)
+    if out is None:
+        out = _pinyin_run(run, lexicon)
+        if len(cache) >= _RUNS_PER_LEXICON:
+            cache.clear()
+        cache[run] = out
+    return out
+
+
+def _pinyin_run(run: str, lexicon: Lexicon) -> tuple[str, ...]:
+    words = lexicon.cut(run)
+    # the deployer's lexicon wins over every built-in rule
+    readings = [list(lexicon.reading(w) or _word_reading(w)) for w in words]
+    _context(words, readings, lexicon)
+    spoken = sandhi.apply(words, readings, load_dictionary(), lexicon)
     out = tuple(s for r in spoken for s in r)
     assert len(out) == len(run), (run, out)
     return out
 
 
 def clear_caches() -> None:
-    """Forget cached readings (the user lexicon changed)."""
+    """Forget cached readings (of every lexicon)."""
     _word_reading.cache_clear()
-    pinyin_run.cache_clear()
+    with _run_caches_lock:
+        for cache in _run_caches.values():
+            cache.clear()
 
 
-def warm_up() -> None:
-    """Load the dictionaries now instead of on the first request."""
-    pinyin_run("你好")
+def warm_up(lexicon: Lexicon = DEFAULT_LEXICON) -> None:
+    """Load the dictionaries and the lexicon's segmenter now instead of on the first request."""
+    pinyin_run("你好", lexicon)

@@ -3,7 +3,7 @@ into chunks at once. Chunks of an SSML document carry their markup in their text
 ``MarkedText`` (a ``str``: the shown text, with ``spans``, ``rate`` and ``lead_ms``), which the
 runner reads::
 
-    ch = MarkupChunker(speed=1.0)              # what Request uses; options as SentenceChunker's
+    ch = MarkupChunker(speed=1.0, lexicon=lex)  # what Request uses; options as SentenceChunker's
     ch.push("今天天气")                          # plain text fragments: as SentenceChunker.push
     ch.push(parse_ssml("<speak>...</speak>"))   # a whole document: the text pending before it is
                                                 # flushed, then the document's chunks
@@ -24,9 +24,11 @@ Rules for a document (``streamtts.text.ssml``):
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Optional
 
 from streamtts.text.chunker import PAUSE_MS, Chunk, SentenceChunker, split_text
 from streamtts.constants import MAX_SPEED, MIN_SPEED
+from streamtts.text.lexicon import Lexicon
 from streamtts.text.markup import MarkedText, Span
 
 
@@ -36,10 +38,11 @@ def effective_speed(speed: float, rate: float) -> float:
 
 
 class MarkupChunker:
-    def __init__(self, speed: float = 1.0, **options):
+    def __init__(self, speed: float = 1.0, lexicon: Optional[Lexicon] = None, **options):
         self.speed = speed
+        self.lexicon = lexicon  # the user lexicon (None: none), whose words are never cut
         self.options = options
-        self.plain = SentenceChunker(**options)
+        self.plain = SentenceChunker(lexicon=lexicon, **options)
 
     @property
     def pending(self) -> str:
@@ -106,7 +109,7 @@ class MarkupChunker:
             if s.atomic:
                 bounds.append((pos, pos + len(s.shown)))
             pos += len(s.shown)
-        cuts = split_text(proxy, **self.options)
+        cuts = split_text(proxy, lexicon=self.lexicon, **self.options)
         merged: list[Chunk] = []
         for c in cuts:
             if merged and any(a < merged[-1].end < b for a, b in bounds):  # it ended inside a span

@@ -29,7 +29,7 @@ import threading
 import unicodedata
 
 from ..errors import EmptyTextError, NoSpeakableTextError
-from .lexicon import load
+from .dictionary import load_dictionary
 from .nsw import expand
 
 # Full-width ASCII block and the ideographic space.
@@ -69,6 +69,8 @@ def _to_simplified(text: str) -> str:
     global _t2s
     with _t2s_lock:  # the converter object is created once and shared
         if _t2s is None:
+            # Imported here: opencc is in the server extra, not the base install, and the
+            # converter (which loads its dictionaries) is built only once text needs it.
             import opencc
 
             _t2s = opencc.OpenCC("t2s")
@@ -93,10 +95,10 @@ def _collapse(m: re.Match) -> str:
     return next(c for c in _STOPS if c in run)
 
 
-def _keep(ch: str, lex) -> bool:
+def _keep(ch: str, dictionary) -> bool:
     if ch in SPOKEN_PUNCT or ch == " " or ("a" <= ch <= "z") or ("A" <= ch <= "Z"):
         return True
-    return ch > "\u2e7f" and lex.has_reading(ch)
+    return ch > "\u2e7f" and dictionary.has_reading(ch)
 
 
 def _tidy(text: str, lead: bool = True) -> str:
@@ -126,7 +128,7 @@ def normalize(text: str, part: bool = False) -> str:
         return ""
     if not text.strip():
         raise EmptyTextError("The text is empty; send at least one character to speak.")
-    lex = load()
+    dictionary = load_dictionary()
     s = text.translate(_WIDTH)
     s = _drop_invisible(s)
     s = _EMOJI.sub("", s)
@@ -136,7 +138,7 @@ def normalize(text: str, part: bool = False) -> str:
     s = _DOMAIN_DOT.sub("点", s)
     s = _AT.sub("艾特", s)
     s = "".join(_PUNCT.get(c, c) for c in s)
-    s = _tidy("".join(c for c in s if _keep(c, lex)), lead=not part)
+    s = _tidy("".join(c for c in s if _keep(c, dictionary)), lead=not part)
     if not part and not is_speakable(s):
         raise NoSpeakableTextError(
             f"Nothing to speak in {text[:40]!r}: it has no Chinese characters, letters or "

@@ -1,6 +1,6 @@
 """Mandarin tone sandhi on one prosodic phrase (a run of hanzi between punctuation).
 
-Call ``apply(words, readings, lex)`` with the phrase's segmented words and their tone3
+Call ``apply(words, readings, dictionary, lexicon)`` with the phrase's segmented words and their tone3
 syllables (one list per word); it returns new lists with the tones as spoken:
 
 * 一: yi1 when a digit or ordinal (第一, 十一, 一二三, 一月, 一号, 一楼, 一点五, 一加一), at the
@@ -17,6 +17,7 @@ A neutral-tone syllable counts with its character's citation tone (一个 ge5 ->
 
 from __future__ import annotations
 
+from .dictionary import Dictionary
 from .lexicon import Lexicon
 
 _DIGIT_CHARS = frozenset("零〇一二三四五六七八九")
@@ -30,15 +31,15 @@ def _with_tone(syllable: str, tone: str) -> str:
     return syllable[:-1] + tone
 
 
-def _citation_tone(chars: str, flat: list[str], i: int, lex: Lexicon) -> str:
+def _citation_tone(chars: str, flat: list[str], i: int, dictionary: Dictionary) -> str:
     tone = flat[i][-1]
     if tone == "5":
-        base = lex.char_reading(chars[i])
+        base = dictionary.char_reading(chars[i])
         tone = base[-1] if base else "5"
     return tone
 
 
-def _yi(chars: str, flat: list[str], i: int, word: str, at: int, lex: Lexicon) -> str:
+def _yi(chars: str, flat: list[str], i: int, word: str, at: int, dictionary: Dictionary) -> str:
     """Reading of the 一 at ``chars[i]``, which is ``word[at]``."""
     if flat[i] == "yi5":  # the dictionary already knows it is unstressed
         return "yi5"
@@ -51,7 +52,7 @@ def _yi(chars: str, flat: list[str], i: int, word: str, at: int, lex: Lexicon) -
     if not nxt or in_number:
         return "yi1"
     if nxt in _UNITS:  # 一百, 一万, also 第一百: a counted amount
-        return "yi2" if _citation_tone(chars, flat, i + 1, lex) == "4" else "yi4"
+        return "yi2" if _citation_tone(chars, flat, i + 1, dictionary) == "4" else "yi4"
     if prev == "第" or nxt in _DIGIT_CHARS or nxt in _ORDINAL_NEXT or nxt + after in _ORDINAL_NEXT:
         return "yi1"  # 第一, 一二三, 一号, 一楼, 一年级
     if (nxt == "点" and after in _DIGIT_CHARS) or nxt == "月" or (nxt == "日" and prev == "月"):
@@ -62,10 +63,10 @@ def _yi(chars: str, flat: list[str], i: int, word: str, at: int, lex: Lexicon) -
         return "yi5"
     if at == len(word) - 1 and len(word) > 1:
         return "yi1"  # 统一, 唯一, 之一
-    return "yi2" if _citation_tone(chars, flat, i + 1, lex) == "4" else "yi4"
+    return "yi2" if _citation_tone(chars, flat, i + 1, dictionary) == "4" else "yi4"
 
 
-def _bu(chars: str, flat: list[str], i: int, lex: Lexicon) -> str:
+def _bu(chars: str, flat: list[str], i: int, dictionary: Dictionary) -> str:
     if flat[i] == "bu5":
         return "bu5"
     nxt = chars[i + 1] if i + 1 < len(chars) else ""
@@ -73,7 +74,7 @@ def _bu(chars: str, flat: list[str], i: int, lex: Lexicon) -> str:
         return "bu4"
     if i and chars[i - 1] == nxt:
         return "bu5"
-    return "bu2" if _citation_tone(chars, flat, i + 1, lex) == "4" else "bu4"
+    return "bu2" if _citation_tone(chars, flat, i + 1, dictionary) == "4" else "bu4"
 
 
 def _run_tones(length: int, one_plus_two: bool) -> list[str]:
@@ -89,7 +90,7 @@ def _run_tones(length: int, one_plus_two: bool) -> list[str]:
     return tones
 
 
-def _third_in_word(word: str, syl: list[str], lex: Lexicon) -> None:
+def _third_in_word(word: str, syl: list[str], lexicon: Lexicon) -> None:
     i = 0
     while i < len(syl):
         if syl[i][-1] != "3":
@@ -100,13 +101,14 @@ def _third_in_word(word: str, syl: list[str], lex: Lexicon) -> None:
             j += 1
         if j - i >= 2:
             whole3 = j - i == 3 and len(word) == 3
-            one_two = whole3 and not lex.is_word(word[:2]) and lex.is_word(word[1:])
+            one_two = whole3 and not lexicon.is_word(word[:2]) and lexicon.is_word(word[1:])
             for k, tone in enumerate(_run_tones(j - i, one_two)):
                 syl[i + k] = _with_tone(syl[i + k], tone)
         i = j
 
 
-def apply(words: list[str], readings: list[list[str]], lex: Lexicon) -> list[list[str]]:
+def apply(words: list[str], readings: list[list[str]], dictionary: Dictionary,
+          lexicon: Lexicon) -> list[list[str]]:
     """Return the phrase's readings with tone sandhi applied (inputs are not modified)."""
     chars = "".join(words)
     flat = [s for r in readings for s in r]
@@ -118,12 +120,12 @@ def apply(words: list[str], readings: list[list[str]], lex: Lexicon) -> list[lis
     for start, end in spans:
         for i in range(start, end):
             if chars[i] == "一" and flat[i].startswith("yi"):
-                flat[i] = _yi(chars, flat, i, chars[start:end], i - start, lex)
+                flat[i] = _yi(chars, flat, i, chars[start:end], i - start, dictionary)
             elif chars[i] == "不" and flat[i].startswith("bu"):
-                flat[i] = _bu(chars, flat, i, lex)
+                flat[i] = _bu(chars, flat, i, dictionary)
     out = [flat[s:e] for s, e in spans]
     for w, syl in zip(words, out):
-        _third_in_word(w, syl, lex)
+        _third_in_word(w, syl, lexicon)
     for k in range(len(out) - 2, -1, -1):
         left, right = out[k], out[k + 1]
         if left[-1][-1] == "3" and right[0][-1] == "3" and (len(left) == 1 or len(right) == 1):

@@ -125,6 +125,7 @@ class _Builder(TreeBuilder):
 
 
 def _parse_xml(doc: str):
+    # Imported here: defusedxml is in the server extra, and only SSML input needs it.
     from defusedxml import DefusedXmlException
     from defusedxml.ElementTree import DefusedXMLParser
 
