@@ -110,12 +110,14 @@ def test_barge_in_reaches_a_playback_speed_reader_within_the_lead(paced):
 # ---- graceful drain on SIGTERM ---------------------------------------------------------------
 
 class _Listener(threading.Thread):
-    """A WebSocket client in a thread: sends ``msgs``, reads everything (fast), records it."""
+    """A WebSocket client in a thread: sends ``msgs``, reads everything (fast), records it;
+    ``audio_s`` is the audio received so far, as it comes."""
 
     def __init__(self, url: str, msgs: list[dict]):
         super().__init__(daemon=True)
         self.url, self.msgs = url, msgs
         self.items: list = []
+        self.audio_s = 0.0
         self.code = None
         self.closed_at = None
         self.ready = threading.Event()
@@ -125,7 +127,16 @@ class _Listener(threading.Thread):
             for m in self.msgs:
                 ws.send(json.dumps(m, ensure_ascii=False))
             self.ready.set()
-            self.items, self.code = collect(ws, timeout=60)
+            try:
+                while True:
+                    m = ws.recv(timeout=60)
+                    if isinstance(m, bytes):
+                        self.items.append(m)
+                        self.audio_s += seconds(m)
+                    else:
+                        self.items.append(json.loads(m))
+            except ConnectionClosed as e:
+                self.code = e.rcvd.code if e.rcvd else None
             self.closed_at = time.monotonic()
 
 
@@ -139,26 +150,37 @@ def _non_reading_http(port: int) -> socket.socket:
     return s
 
 
+def _wait(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def test_sigterm_drains_then_exits(tmp_path):
-    drain = 4.0
+    """SIGTERM with a session mid-utterance, an idle one, an endless one and an HTTP stream whose
+    client does not read. Every step waits on a state, not on a time: the signal goes once the
+    short utterance is under way with little of it left, and the drain timeout is long against
+    what is left, so that on a slow machine too only the endless utterance meets it."""
+    drain = 8.0
     with ServeProcess("--capacity", "8", "--max-lead", "1", "--drain-timeout", str(drain)) as srv:
-        # paced at real time: a 3 s utterance started now is still under way at the signal
-        finishing = _Listener(srv.ws_url, [{"type": "text", "text": SHORT}, {"type": "end"}])
         idle = _Listener(srv.ws_url, [{"type": "start"}])
         endless = _Listener(srv.ws_url, [{"type": "text", "text": LONG}])
-        for c in (finishing, idle, endless):
+        for c in (idle, endless):
             c.start()
             assert c.ready.wait(30)
         hung = _non_reading_http(srv.port)
-        deadline = time.monotonic() + 30
-        while b'streamtts_active_sessions{api="http"} 1.0' not in srv.get("/metrics")[1]:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        time.sleep(0.5)  # the speaking sessions are mid-utterance
+        _wait(lambda: b'streamtts_active_sessions{api="http"} 1.0' in srv.get("/metrics")[1], "no HTTP stream")
+        _wait(lambda: endless.audio_s > 0, "the endless utterance never spoke")
+        # paced at real time (lead 1 s): the 3 s utterance is under way once 1.5 s of it arrived,
+        # with at most its last seconds to synthesize and play
+        finishing = _Listener(srv.ws_url, [{"type": "text", "text": SHORT}, {"type": "end"}])
+        finishing.start()
+        _wait(lambda: finishing.audio_s >= 1.5 or finishing.closed_at is not None, "the short utterance never spoke")
         t0 = time.monotonic()
         srv.proc.send_signal(15)
-        time.sleep(0.3)
-        # refusing at once, with a typed reason
+        # refusing during the drain, long before its end, with a typed reason
+        _wait(lambda: srv.get("/ready")[0] == 503, "not refusing", timeout=drain - 2)
         status, body = srv.get("/ready")
         assert status == 503 and json.loads(body)["status"] == "draining"
         with pytest.raises(InvalidStatus) as refused:
