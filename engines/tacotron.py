@@ -24,8 +24,8 @@ import numpy as np
 from engines.base import AcousticModel, AcousticRow, MelOut
 from streamtts.models.config import AcousticConfig
 
-# Measured on the 16 test sentences (2 voices): speech runs at 3.7-4.8 decoder frames per input
-# symbol; 10 per symbol leaves room for slow speech but stops a bad alignment from babbling on.
+# Speech takes a few decoder frames per input symbol; 10 per symbol leaves room for slow speech
+# (twice the test sentences' slowest, and more) but stops a bad alignment from babbling on.
 FRAMES_PER_SYMBOL = 10
 MIN_STEP_CAP = 50
 # State tensors whose last axis is T (padded per batch); the rest are (1, width).
@@ -144,6 +144,12 @@ class TacotronModel(AcousticModel):
             for b, row in enumerate(live):
                 results[id(row)] = self._finish_row(row, decoded, b)
         return [results[id(r)] for r in rows]
+
+    def decode_steps(self, rows: Sequence[AcousticRow], steps: int) -> DecodeResult:
+        """``steps`` decoder steps of the rows in one call, as they come out of the decoder (frames
+        before the postnet, gates, alignments), without advancing the rows: the eager reference
+        (:mod:`streamtts.reference`) decodes a whole utterance this way."""
+        return self._decode(self._batch(rows, steps))
 
     # -- internals -----------------------------------------------------------------------------
     def _batch(self, rows: Sequence[AcousticRow], steps: int) -> DecodeBatch:

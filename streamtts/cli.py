@@ -49,21 +49,21 @@ def _cmd_voices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _use_lexicon(path: Optional[str]) -> None:
-    """``--lexicon FILE``: check it (a bad line is a LexiconError naming the line: exit 2) and use
-    it process-wide (streamtts/text/userlex.py)."""
-    if path:
-        from streamtts.text.userlex import load_lexicon, set_user_lexicon
+def _lexicon(path: Optional[str]):
+    """``--lexicon FILE``: the user lexicon (streamtts/text/lexicon.py), None without one; a bad
+    line is a LexiconError naming the line (exit 2), before anything starts."""
+    if not path:
+        return None
+    from streamtts.text.lexicon import Lexicon
 
-        set_user_lexicon(load_lexicon(Path(path)))
+    return Lexicon.load(Path(path))
 
 
 def _cmd_frontend(args: argparse.Namespace) -> int:
     from streamtts.text import phonemize
     from streamtts.text.ssml import maybe_ssml
 
-    _use_lexicon(args.lexicon)
-    ph = phonemize(maybe_ssml(args.text))
+    ph = phonemize(maybe_ssml(args.text), _lexicon(args.lexicon))
     print(json.dumps({"normalized": ph.normalized, "pinyin": ph.pinyin, "ids": ph.ids}, ensure_ascii=False))
     return 0
 
@@ -82,10 +82,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     voice = resolve_voice(args.voice)  # fail fast, before loading models
-    _use_lexicon(args.lexicon)
+    lexicon = _lexicon(args.lexicon)
     text = maybe_ssml(args.text)  # a <speak> document is SSML (invalid_ssml if it is not valid)
-    phonemize(text)
-    speaker = Speaker(create_models(args.engine, vocoder=args.vocoder))
+    phonemize(text, lexicon)
+    speaker = Speaker(create_models(args.engine, vocoder=args.vocoder), lexicon=lexicon)
     t0 = time.perf_counter()
     ttfa = None
     pieces = []
@@ -145,7 +145,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from engines.registry import check_names
 
     check_names(args.engine, args.vocoder)  # fail fast, before the server starts
-    _use_lexicon(args.lexicon)
+    _lexicon(args.lexicon)  # checked now, so a bad line stops it before the server starts; create_app loads it
     if args.prewarm and not Path(args.prewarm).is_file():
         print(f"error [prewarm]: no such file: {args.prewarm}", file=sys.stderr)
         return 2
@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", default=DEFAULT_VOICE,
                    help=f"voice name, or a blend such as \"Aiyue:0.7,biaobei:0.3\" (default {DEFAULT_VOICE})")
     p.add_argument("--seed", type=int, default=None, help="seed of the prenet dropout masks (default 0)")
-    p.add_argument("--engine", default="torch", help="acoustic backend: torch, onnx, onnx-int8, auto")
+    p.add_argument("--engine", default="torch",
+                   help="acoustic backend: torch (default), onnx, onnx-int8, cuda, tensorrt, auto")
     p.add_argument("--vocoder", default="auto", help="vocoder: melgan, hifigan, auto")
     p.add_argument("--lexicon", metavar="FILE",
                    help="user lexicon: word<TAB>toned pinyin a line, e.g. 行长\thang2 zhang3 (docs/protocol.md)")
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the streaming server (WebSocket, OpenAI-compatible HTTP, web page)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--engine", default="auto", help="acoustic backend: auto (default), torch, onnx, onnx-int8")
+    p.add_argument("--engine", default="auto",
+                   help="acoustic backend: auto (default), torch, onnx, onnx-int8, cuda, tensorrt")
     p.add_argument("--vocoder", default="auto", help="vocoder: auto (default), melgan, hifigan")
     p.add_argument("--lexicon", metavar="FILE",
                    help="user lexicon: word<TAB>toned pinyin a line, e.g. 行长\thang2 zhang3 (docs/protocol.md)")

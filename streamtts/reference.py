@@ -59,7 +59,7 @@ class Synthesizer:
         path: the torch backend's batched decoder with one row)."""
         ac = self.acoustic
         row = ac.start(np.asarray(ids, np.int64), speaker_vector(resolve_voice(voice)), seed, self.gate_threshold)
-        out = ac._decode(ac._batch([row], row.cap))
+        out = ac.decode_steps([row], row.cap)
         gates = out.gates[:, 0]
         fired = np.flatnonzero(gates > self.gate_threshold)
         keep = int(fired[0]) if len(fired) else len(gates)

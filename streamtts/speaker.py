@@ -14,20 +14,23 @@ soon as the chunker knows it is complete. Closing the generator stops all work a
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
 from engines.base import ModelPair
 from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
 from streamtts.core.engine_core import EngineCore, scheduler_config_for
-from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
-from streamtts.core.request import CLOSE, END, TEXT, Request, Status
 from streamtts.core.scheduler import BlockSchedule
 from streamtts.core.timing import CharTime
+from streamtts.engine_client.base import UtteranceSpec
+from streamtts.engine_client.inprocess import InProcessUtterance
+from streamtts.engine_client.stream import Audio as StreamAudio
+from streamtts.engine_client.stream import Done, Failed, OutputStream
+from streamtts.engine_client.stream import Segment as StreamSegment
 from streamtts.errors import StreamTTSError
+from streamtts.text.lexicon import Lexicon
 from streamtts.voices import resolve_voice
 
 
@@ -62,7 +65,8 @@ class Speaker:
     """Speaks text with one engine. Not thread-safe: one ``speak`` at a time per Speaker."""
 
     def __init__(self, engine: ModelPair, schedule: Optional[BlockSchedule] = None,
-                 chunker_options: Optional[dict] = None):
+                 chunker_options: Optional[dict] = None, lexicon: Optional[Lexicon] = None):
+        """``lexicon``: the user lexicon (``Lexicon.load("words.tsv")``) its text is read with."""
         self.engine = engine
         self.schedule = schedule or BlockSchedule(rest=128)
         self.chunker_options = chunker_options or {}
@@ -70,7 +74,7 @@ class Speaker:
         # no consumer lag to wait for: a generator's caller takes each piece before the next tick
         self.core = EngineCore(engine, config=scheduler_config_for(
             engine, blocks=self.schedule, max_buffered_s=float("inf"), vocode_frames=1 << 30,
-            max_lead_frames=1 << 30, drop_late_pauses=False))
+            max_lead_frames=1 << 30, drop_late_pauses=False), lexicon=lexicon)
 
     def speak(self, text: Union[str, Iterable[str]], voice: str = "biaobei", seed: int = DEFAULT_SEED,
               speed: float = 1.0) -> Iterator[Event]:
@@ -79,39 +83,26 @@ class Speaker:
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise ValueError(f"speed must be within {MIN_SPEED}-{MAX_SPEED}, got {speed}")
         fragments = [text] if isinstance(text, str) else text
-        outputs: deque = deque()
-        req = Request(voice, seed, float(speed), sink=outputs.append, chunker_options=self.chunker_options)
-        sched = self.core.scheduler
-        sched.add_request(req)
-        position = 0  # samples emitted so far, pauses included
-        start = 0  # where the current chunk's speech began
-        sr = self.sample_rate
+        spec = UtteranceSpec(voice, seed, float(speed), chunker_options=self.chunker_options)
+        utt = InProcessUtterance(self.core.scheduler, spec, OutputStream(self.sample_rate))
+        stream, sr = utt.stream, self.sample_rate
         try:
-            for kind, *args in _commands(fragments):
-                sched.command(req, kind, 0, *args)
-                while self.core.step():
-                    while outputs:
-                        out = outputs.popleft()
-                        if isinstance(out, PauseOut):
-                            yield Audio(np.zeros(out.samples, np.float32), position)
-                            position += out.samples
-                            start = position
-                        elif isinstance(out, AudioOut):
-                            yield Audio(out.audio, position)
-                            position += len(out.audio)
-                        elif isinstance(out, SegmentOut):
-                            seg = out.segment
-                            t0 = 1000.0 * start / sr
-                            yield Segment(seg.index, seg.text, seg.normalized, start, position,
-                                          [CharTime(c, t0 + s, t0 + e) for c, s, e in seg.chars])
-                            start = position
-                        elif isinstance(out, FailedOut):
-                            raise SynthesisError(out.message)
-                        elif isinstance(out, FinishedOut):
-                            return
+            for command in _commands(utt, fragments):
+                command()
+                for event in stream.drain(self.core.step):
+                    if isinstance(event, StreamAudio):
+                        yield Audio(event.samples, event.position)
+                    elif isinstance(event, StreamSegment):
+                        t0 = 1000.0 * event.start / sr
+                        yield Segment(event.index, event.text, event.normalized, event.start, event.end,
+                                      [CharTime(c, t0 + s, t0 + e) for c, s, e in event.chars])
+                    elif isinstance(event, Failed):
+                        raise SynthesisError(event.message)
+                    elif isinstance(event, Done):
+                        return
         finally:
-            if req.status not in (Status.FINISHED, Status.FAILED):  # stopped early: free its work
-                sched.command(req, CLOSE)
+            if not stream.ended:  # stopped early: free its work
+                utt.close()
                 self.core.step()  # frees the request's runner state now
 
     def synthesize(self, text: str, voice: str = "biaobei", seed: int = DEFAULT_SEED) -> np.ndarray:
@@ -120,7 +111,7 @@ class Speaker:
         return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
-def _commands(fragments: Iterable[str]) -> Iterator[tuple]:
+def _commands(utt: InProcessUtterance, fragments: Iterable[str]) -> Iterator[Callable[[], None]]:
     for fragment in fragments:
-        yield (TEXT, fragment)
-    yield (END,)
+        yield lambda fragment=fragment: utt.text(0, fragment)
+    yield lambda: utt.end(0)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamtts.text.chunker import SentenceChunker, preload, split_text
-from streamtts.core.outputs import SpokenSegment
+from streamtts.engine_client.stream import Segment
 from streamtts.errors import EmptyTextError, NoSpeakableTextError
 from streamtts.protocol import FORMATS, CancelEvent, Limits, Session, State, parse_options
 from streamtts.text import SYMBOL_TO_ID, SYMBOLS, phonemize, warm_up
@@ -167,7 +167,7 @@ def _run_ops(session: Session, clock: _Clock, program) -> None:
                 session.audio(generation, rng.uniform(-1.5, 1.5, op[2]).astype(np.float32), 0.01)
             elif kind == "segment":
                 chars = [(c, 10.0 * k, 10.0 * k + 5) for k, c in enumerate(op[2])]
-                session.segment(generation, SpokenSegment(op[2], op[2], chars))
+                session.segment(generation, _segment(op[2], op[2], chars))
             else:
                 session.pause(generation, op[2])
             if op[1]:  # results of an older generation are dropped
@@ -380,3 +380,8 @@ def test_chunker_push_flush_reset_offsets(program, kw):
             chunks = []
         for c in chunks:  # offsets count every char pushed since construction
             assert pushed[c.start:c.end] == c.text
+
+
+def _segment(text: str, normalized: str, chars: list) -> Segment:
+    """A chunk's segment event as the output stream hands it over (positions are the session's)."""
+    return Segment(0, 0, text, normalized, 0, 0, chars)

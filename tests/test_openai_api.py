@@ -20,7 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from test_server import ServerThread, shared_engine
+from support.servers import ThreadServer
 
 av = pytest.importorskip("av")
 openai = pytest.importorskip("openai")
@@ -36,9 +36,9 @@ PCM_RATE = 24000 * 2  # bytes a second of 24 kHz s16le
 
 
 @pytest.fixture(scope="module")
-def server(pack):
+def server(torch_engine):
     config = ServerConfig(port=0, static_dir=None, capacity=4, max_lead_s=LEAD_S, max_buffered_s=BUFFERED_S)
-    with ServerThread(config, shared_engine(pack)) as srv:
+    with ThreadServer(config, torch_engine) as srv:
         yield srv
 
 
@@ -219,7 +219,7 @@ def test_serves_after_errors(server):
 
 def _speech_job(server):
     """The one HTTP request the scheduler holds now (None before it arrives or after it ends)."""
-    jobs = [r for r in list(server.state.scheduler.requests.values()) if r.api == "http"]
+    jobs = [r for r in list(server.state.engine.scheduler.requests.values()) if r.api == "http"]
     return jobs[0] if jobs else None
 
 

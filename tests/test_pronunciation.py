@@ -12,26 +12,35 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-from test_server import ServerThread, collect, events, jsend, shared_engine, ws_connect  # noqa: E402
+from support.servers import ThreadServer, shared_engine  # noqa: E402
+from support.ws import collect, events, jsend, ws_connect  # noqa: E402
 
 from streamtts.protocol import Limits  # noqa: E402
 from streamtts.server import ServerConfig  # noqa: E402
 from streamtts.text import phonemize  # noqa: E402
-from streamtts.text.userlex import set_user_lexicon  # noqa: E402
 
 RATE = 22050  # native rate, s16le: no resampling between what is compared
 
 
+def lexicon_server(pack, tmp_path_factory, words: str) -> ThreadServer:
+    lexicon = tmp_path_factory.mktemp("lexicon") / "words.tsv"
+    lexicon.write_text(f"# deployer's words\n{words}\n", encoding="utf-8")
+    config = ServerConfig(port=0, static_dir=None, limits=Limits(rate=40, burst=60), capacity=4, lexicon=lexicon)
+    return ThreadServer(config, shared_engine(pack))
+
+
 @pytest.fixture(scope="module")
 def server(pack, tmp_path_factory):
-    lexicon = tmp_path_factory.mktemp("lexicon") / "words.tsv"
-    lexicon.write_text("# deployer's words\n银行\tyin2 xing2\n", encoding="utf-8")
-    config = ServerConfig(port=0, static_dir=None, limits=Limits(rate=40, burst=60), capacity=4, lexicon=lexicon)
-    try:
-        with ServerThread(config, shared_engine(pack)) as srv:
-            yield srv
-    finally:
-        set_user_lexicon(None)  # process-wide: later test modules get the built-in readings
+    with lexicon_server(pack, tmp_path_factory, "银行\tyin2 xing2") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def other_server(pack, tmp_path_factory, server):
+    """A second app in this process, with another reading of the same word (the same engine
+    object: the two are only ever used one after the other)."""
+    with lexicon_server(pack, tmp_path_factory, "银行\tyin1 hang2") as srv:
+        yield srv
 
 
 def say(server, *texts: str, text_format: str = "text", each: str | None = None) -> tuple[np.ndarray, list[dict]]:
@@ -105,10 +114,19 @@ def test_inline_reading_in_fragments_equals_whole(server):
 
 
 def test_the_servers_lexicon_reaches_the_engine(server):
-    assert phonemize("银行").pinyin == ["yin2", "xing2"]  # ServerConfig.lexicon, set at create_app
-    lexicon, _ = say(server, "银行。")
+    lexicon, _ = say(server, "银行。")  # ServerConfig.lexicon, read at create_app
     inline, _ = say(server, "{银行|yin2 xing2}。")
     assert np.array_equal(lexicon, inline)
+    assert phonemize("银行").pinyin == ["yin2", "hang2"]  # the app's lexicon is not the process's
+
+
+def test_two_apps_in_one_process_each_read_with_their_own_lexicon(server, other_server):
+    first, _ = say(server, "银行。")
+    second, _ = say(other_server, "银行。")
+    assert np.array_equal(first, say(server, "{银行|yin2 xing2}。")[0])
+    assert np.array_equal(second, say(other_server, "{银行|yin1 hang2}。")[0])
+    assert not np.array_equal(first, second)
+    assert np.array_equal(first, say(server, "银行。")[0])  # the second app changed nothing in the first
 
 
 def test_invalid_ssml_is_an_error_and_the_session_goes_on(server):

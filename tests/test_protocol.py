@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from streamtts.protocol import (AudioEncoder, CancelEvent, EndEvent, FlushEvent, Limits, Session,
-                                SpokenSegment, StartEvent, State, TextEvent, mulaw_decode, mulaw_encode)
+                                Segment, StartEvent, State, TextEvent, mulaw_decode, mulaw_encode)
 
 
 class Clock:
@@ -157,7 +157,7 @@ def test_rate_limit_drops_a_flood_with_one_error_per_run():
 def feed_chunk(s: Session, gen: int, audio: np.ndarray, pieces: int = 3, text="你好。"):
     for part in np.array_split(audio, pieces):
         s.audio(gen, part, compute_s=0.01)
-    s.segment(gen, SpokenSegment(text, text.replace("。", "."), [("你", 0.0, 100.0), ("好", 100.0, 5000.0)]))
+    s.segment(gen, _segment(text, text.replace("。", "."), [("你", 0.0, 100.0), ("好", 100.0, 5000.0)]))
 
 
 @pytest.mark.parametrize("fmt,rate,width", [("pcm_s16le", 22050, 2), ("pcm_s16le", 16000, 2), ("pcm_f32le", 48000, 4),
@@ -227,13 +227,13 @@ def test_cancel_drops_queued_audio_and_results_of_the_cancelled_text():
     assert events == [CancelEvent(1)] and s.generation == 1
     assert s.buffered_seconds == 0
     s.audio(0, tone(5000))  # late results of the cancelled text
-    s.segment(0, SpokenSegment("很长的一段话。", "很长的一段话.", []))
+    s.segment(0, _segment("很长的一段话。", "很长的一段话.", []))
     items = drain(s)
     assert items == [{"type": "cancelled"}], "nothing of the cancelled text after `cancelled`"
     # the session goes on with the next generation
     assert send(s, {"type": "text", "text": "好。"}) == [TextEvent("好。", 1)]
     s.audio(1, tone(2205))
-    s.segment(1, SpokenSegment("好。", "好.", []))
+    s.segment(1, _segment("好。", "好.", []))
     items = drain(s)
     assert isinstance(items[0], bytes) and items[-1]["type"] == "segment" and items[-1]["index"] == 0
     # times count audio actually sent: the dropped frames of the cancelled text are not in them
@@ -282,3 +282,8 @@ def test_flush_and_fatal_failure():
     assert s.state is State.CLOSED and s.close_code == 1013
     assert send(s, {"type": "text", "text": "你好"}) == []
     assert drain(s) == []
+
+
+def _segment(text: str, normalized: str, chars: list) -> Segment:
+    """A chunk's segment event as the output stream hands it over (positions are the session's)."""
+    return Segment(0, 0, text, normalized, 0, 0, chars)

@@ -22,8 +22,8 @@ from websockets.sync.client import connect
 from engines.base import AcousticModel, ModelPair, Vocoder
 from streamtts.protocol import Limits
 from streamtts.server import ServerConfig
-from serve_process import ServeProcess
-from test_server import ServerThread, collect, events, jsend, shared_engine, ws_connect
+from support.servers import ProcessServer, ThreadServer, shared_engine
+from support.ws import collect, events, jsend, ws_connect
 
 RATE = 22050
 LONG = "今天天气很好，我们一起去公园散步吧。春天来了，小草发芽了，花儿也开了。" * 30
@@ -41,7 +41,7 @@ LEAD = 1.0
 
 @pytest.fixture(scope="module")
 def paced():
-    with ServeProcess("--capacity", "4", "--max-lead", str(LEAD)) as srv:
+    with ProcessServer("--capacity", "4", "--max-lead", str(LEAD)) as srv:
         yield srv
 
 
@@ -163,7 +163,7 @@ def test_sigterm_drains_then_exits(tmp_path):
     short utterance is under way with little of it left, and the drain timeout is long against
     what is left, so that on a slow machine too only the endless utterance meets it."""
     drain = 8.0
-    with ServeProcess("--capacity", "8", "--max-lead", "1", "--drain-timeout", str(drain)) as srv:
+    with ProcessServer("--capacity", "8", "--max-lead", "1", "--drain-timeout", str(drain)) as srv:
         idle = _Listener(srv.ws_url, [{"type": "start"}])
         endless = _Listener(srv.ws_url, [{"type": "text", "text": LONG}])
         for c in (idle, endless):
@@ -217,7 +217,7 @@ def test_sigterm_drains_then_exits(tmp_path):
 def strict(pack):
     config = ServerConfig(port=0, static_dir=None, capacity=4, idle_timeout_s=1.5,
                           limits=Limits(rate=5000, burst=5000, max_outbox_bytes=64 * 1024))
-    with ServerThread(config, shared_engine(pack)) as srv:
+    with ThreadServer(config, shared_engine(pack)) as srv:
         yield srv
 
 
@@ -354,18 +354,16 @@ def _same_audio(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @pytest.fixture(scope="module")
-def int8(pack):
+def int8(int8_engine):
     """The onnx-int8 engine: its decoder rows are bit-identical batched or alone."""
-    from engines.registry import create_models
-
-    return create_models("onnx-int8", vocoder="melgan", pack=pack)
+    return int8_engine
 
 
 def test_a_poisoned_request_fails_alone_and_a_failed_call_fails_nobody(int8):
     base = int8
     faulty = FaultyAcoustic(base.acoustic, poison_seed=666)
     config = ServerConfig(port=0, static_dir=None, capacity=4, cache_bytes=0)
-    with ServerThread(config, ModelPair(faulty, base.vocoder)) as srv:
+    with ThreadServer(config, ModelPair(faulty, base.vocoder)) as srv:
         solo: dict = {}
         _speak(srv, SHORT, 1, solo)
         out: dict = {}
@@ -398,7 +396,7 @@ def test_a_hanging_engine_is_reported_not_waited_on(pack):
     base = shared_engine(pack)
     config = ServerConfig(port=0, static_dir=None, capacity=4, cache_bytes=0, tick_deadline_s=1.0)
     vocoder = HangingVocoder(base.vocoder)
-    with ServerThread(config, ModelPair(base.acoustic, vocoder)) as srv:
+    with ThreadServer(config, ModelPair(base.acoustic, vocoder)) as srv:
         vocoder.hang_s = 4.0
         t0 = time.monotonic()
         with ws_connect(srv) as ws:
@@ -417,7 +415,7 @@ def test_a_hanging_engine_is_reported_not_waited_on(pack):
 
 
 def test_an_engine_that_fails_to_load_answers_waiting_sessions(pack, monkeypatch):
-    import streamtts.server.worker as worker_mod
+    import streamtts.engine_client.inprocess as worker_mod
 
     loading = threading.Event()
 
@@ -428,7 +426,7 @@ def test_an_engine_that_fails_to_load_answers_waiting_sessions(pack, monkeypatch
 
     monkeypatch.setattr(worker_mod, "load_engine", slow_broken_load)
     config = ServerConfig(port=0, static_dir=None, engine="onnx")
-    with ServerThread(config, None, wait_ready=False) as srv:
+    with ThreadServer(config, None, wait_ready=False) as srv:
         assert loading.wait(30)
         out: dict = {}
         waiting = threading.Thread(target=_speak, args=(srv, SHORT, 7, out))

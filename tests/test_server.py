@@ -1,18 +1,15 @@
 """The real server on a loopback port, the real torch engine, real clients (websockets, openai).
 
-The helpers here (ServerThread, shared_engine, ws_connect, collect) are also used by
-tests/test_server_limits.py; the engine is loaded once per test process.
+The server is tests/support's ThreadServer (create_app in a thread of this process); the torch
+engine is loaded once per test process (the torch_engine fixture).
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import re
 import threading
 import time
-import urllib.request
 import wave
 
 import numpy as np
@@ -21,130 +18,18 @@ import pytest
 pytest.importorskip("aiohttp")
 pytest.importorskip("websockets")
 
-from aiohttp import web  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
-from websockets.sync.client import connect  # noqa: E402
 
 from streamtts.protocol import Limits, mulaw_decode  # noqa: E402
-from streamtts.server import ServerConfig, create_app  # noqa: E402
-from streamtts.server.state import STATE  # noqa: E402
-
-_engine = None
-
-
-def shared_engine(pack):
-    global _engine
-    if _engine is None:
-        from engines.base import ModelPair
-        from engines.torch_backend import TorchTacotron, TorchVocoder
-
-        _engine = ModelPair(TorchTacotron(pack), TorchVocoder(pack.load_vocoder(), "melgan"))
-    return _engine
-
-
-class ServerThread:
-    """create_app(config, engine) served by a real AppRunner on 127.0.0.1:<free port>, in a thread."""
-
-    def __init__(self, config: ServerConfig, engine, wait_ready: bool = True):
-        self.config, self.engine, self.wait_ready = config, engine, wait_ready
-        self.loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "ServerThread":
-        import torch
-
-        self._threads = torch.get_num_threads()  # the server sets 1 (process-wide): restore after
-        self._thread.start()
-        assert self._started.wait(60), "server did not start"
-        deadline = time.monotonic() + 120
-        while self.wait_ready and self.get("/ready", check=False)[0] != 200:
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.1)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        import torch
-
-        torch.set_num_threads(self._threads)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.app = create_app(self.config, self.engine)
-        self.runner = web.AppRunner(self.app, access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = self.runner.addresses[0][1]
-        self._started.set()
-        self.loop.run_forever()
-
-    @property
-    def state(self):
-        return self.app[STATE]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str, headers=None, check=True) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            if check:
-                return e.code, e.read()
-            return e.code, b""
-        except OSError:
-            if check:
-                raise
-            return 0, b""
-
-    def metrics(self) -> dict[str, float]:
-        text = self.get("/metrics")[1].decode()
-        out = {}
-        for line in text.splitlines():
-            m = re.match(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) ([-+\w.]+)$", line)
-            if m:
-                out[m.group(1)] = float(m.group(2))
-        return out
-
-
-def ws_connect(server: ServerThread, query: str = "", **kw):
-    return connect(f"ws://127.0.0.1:{server.port}/v1/stream{query}", proxy=None, open_timeout=30, **kw)
-
-
-def collect(ws, timeout: float = 60.0) -> tuple[list, int | None]:
-    """Every message until the server closes: (messages: dict or bytes, close code)."""
-    items = []
-    try:
-        while True:
-            m = ws.recv(timeout=timeout)
-            items.append(m if isinstance(m, bytes) else json.loads(m))
-    except ConnectionClosed as e:
-        return items, (e.rcvd.code if e.rcvd else None)
-
-
-def jsend(ws, **msg) -> None:
-    ws.send(json.dumps(msg, ensure_ascii=False))
-
-
-def events(items, kind=None) -> list[dict]:
-    return [m for m in items if isinstance(m, dict) and (kind is None or m["type"] == kind)]
-
-
-def audio_bytes(items) -> int:
-    return sum(len(m) for m in items if isinstance(m, bytes))
+from streamtts.server import ServerConfig  # noqa: E402
+from support.servers import ThreadServer  # noqa: E402
+from support.ws import audio_bytes, collect, events, jsend, ws_connect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(pack):
+def server(torch_engine):
     config = ServerConfig(port=0, static_dir=None, limits=Limits(rate=40, burst=60), capacity=8)
-    with ServerThread(config, shared_engine(pack)) as srv:
+    with ThreadServer(config, torch_engine) as srv:
         yield srv
 
 
@@ -235,7 +120,7 @@ def test_cancel_stops_audio_and_the_session_goes_on(server):
 
 
 def test_disconnect_frees_the_work(server):
-    sched = server.state.scheduler
+    sched = server.state.engine.scheduler
     with ws_connect(server) as ws:
         jsend(ws, type="text", text="断开连接以后，服务器应该立刻停止合成这段很长很长的文字，不再浪费时间。")
         jsend(ws, type="flush")
@@ -300,7 +185,7 @@ def test_long_session_does_not_stall_a_short_one(server):
         jsend(b, type="text", text="插队。")
         jsend(b, type="end")
         b_items, b_code = collect(b)
-        assert server.state.scheduler.size == 1, "B was done while A still had work"
+        assert server.state.engine.scheduler.size == 1, "B was done while A still had work"
         a_items, a_code = collect(a)
     assert b_code == 1000 and events(b_items, "done")[0]["ttfa_ms"] < 3000
     assert a_code == 1000 and events(a_items, "done")[0]["segments"] == 4
@@ -453,7 +338,7 @@ def test_openai_speed(openai_client):
 def test_http_client_that_goes_away_frees_the_work(server):
     import http.client
 
-    sched = server.state.scheduler
+    sched = server.state.engine.scheduler
     text = "这是一句要说很久的话。" * 20  # about 40 s of speech: far longer than this test waits
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     conn.request("POST", "/v1/audio/speech", body=json.dumps({"model": "tts-1", "input": text, "voice": "alloy",

@@ -15,7 +15,8 @@ import pytest
 from streamtts.protocol import Limits
 from streamtts.server import ServerConfig
 from streamtts.speaker import Audio, Speaker
-from test_server import ServerThread, collect, events, jsend, ws_connect
+from support.servers import ThreadServer
+from support.ws import collect, events, jsend, ws_connect
 
 # (text, voice, seed): different lengths, voices and seeds, so a mix-up shows
 JOBS = [("今天天气很好。", "biaobei", 1), ("我们一起去公园散步吧。", "Aiyue", 2), ("你好。", "Xiaogang", 3),
@@ -24,10 +25,8 @@ JOBS = [("今天天气很好。", "biaobei", 1), ("我们一起去公园散步�
 
 
 @pytest.fixture(scope="module")
-def engine(pack):
-    from engines.registry import create_models
-
-    return create_models("onnx-int8", vocoder="melgan", pack=pack)
+def engine(int8_engine):
+    return int8_engine
 
 
 def _speak(server, text: str, voice: str, seed: int, out: dict, key: int) -> None:
@@ -44,9 +43,9 @@ def test_eight_clients_at_once_each_get_their_own_speech(engine):
         events_ = Speaker(engine).speak(text, voice=voice, seed=seed)
         solo.append(np.concatenate([e.audio for e in events_ if isinstance(e, Audio)]))
     config = ServerConfig(port=0, static_dir=None, capacity=len(JOBS), cache_bytes=0)
-    with ServerThread(config, engine) as server:
+    with ThreadServer(config, engine) as server:
         rows: list[int] = []
-        core = server.state.worker.core
+        core = server.state.engine.worker.core
         core.on_tick = lambda plan, out, prev=core.on_tick: (rows.append(len(plan.decode)), prev(plan, out))
         results: dict[int, tuple] = {}
         threads = [threading.Thread(target=_speak, args=(server, *job, results, i)) for i, job in enumerate(JOBS)]
@@ -76,7 +75,7 @@ def _post(server, body: dict) -> tuple[int, dict, bytes]:
 def test_beyond_capacity_sessions_queue_then_are_refused(engine):
     config = ServerConfig(port=0, static_dir=None, capacity=2, queue_size=1, queue_timeout_s=60.0,
                           limits=Limits(rate=100, burst=200))
-    with ServerThread(config, engine) as server:
+    with ThreadServer(config, engine) as server:
         with ws_connect(server) as a, ws_connect(server) as b:
             for ws in (a, b):  # both hold a slot once they are served
                 jsend(ws, type="start")
@@ -101,7 +100,7 @@ def test_beyond_capacity_sessions_queue_then_are_refused(engine):
                 assert [e["type"] for e in events(items)][:1] == ["ready"] and events(items)[-1]["type"] == "done"
                 assert any(isinstance(x, bytes) for x in items) and code == 1000
         deadline = time.monotonic() + 10
-        while server.state.admission.admitted:  # every slot is given back
+        while server.state.engine.admission.admitted:  # every slot is given back
             assert time.monotonic() < deadline
             time.sleep(0.05)
         status, headers, body = _post(server, {"model": "tts-1", "input": "你好。", "voice": "alloy",
@@ -115,7 +114,7 @@ def test_python_client_waits_in_the_queue_then_speaks(engine):
     from clients.client import StreamClient
 
     config = ServerConfig(port=0, static_dir=None, capacity=1, queue_size=2, queue_timeout_s=60.0)
-    with ServerThread(config, engine) as server:
+    with ThreadServer(config, engine) as server:
         with ws_connect(server) as holder:
             jsend(holder, type="start")
             assert json.loads(holder.recv(timeout=30))["type"] == "ready"  # the only slot is taken

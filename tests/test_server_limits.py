@@ -18,7 +18,8 @@ from websockets.exceptions import InvalidStatus  # noqa: E402
 from streamtts.protocol import Limits  # noqa: E402
 from streamtts.server import ServerConfig  # noqa: E402
 from streamtts.server.limits import Guard  # noqa: E402
-from test_server import ServerThread, collect, events, jsend, shared_engine, ws_connect  # noqa: E402
+from support.servers import ThreadServer  # noqa: E402
+from support.ws import collect, events, jsend, ws_connect  # noqa: E402
 
 KEY = "sekret-key"
 GOOD_ORIGIN = "https://good.example"
@@ -40,11 +41,11 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(pack, site):
+def server(torch_engine, site):
     config = ServerConfig(port=0, api_keys=(KEY,), allowed_origins=(GOOD_ORIGIN,), max_sessions=2,
                           static_dir=site / "web", prewarm=site / "prewarm.txt", max_buffered_s=1.0,
                           idle_timeout_s=2.0, limits=Limits(rate=100, burst=200))
-    with ServerThread(config, shared_engine(pack)) as srv:
+    with ThreadServer(config, torch_engine) as srv:
         yield srv
 
 
@@ -153,7 +154,7 @@ def test_prewarmed_phrases_are_cache_hits(server):
 
 def test_a_client_that_does_not_read_is_paused(server):
     text = "这个客户端不读数据。服务器应该暂停它的合成。缓冲区不能无限增长。直到客户端开始读取为止。然后继续说完。"
-    sched = server.state.scheduler
+    sched = server.state.engine.scheduler
     # Small kernel buffers on both ends, so the socket fills after a second of audio, not megabytes
     # (loopback TCP would otherwise absorb this whole text before the server notices).
     sock = socket.socket()

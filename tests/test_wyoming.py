@@ -26,7 +26,8 @@ from streamtts.cli import build_parser  # noqa: E402
 from streamtts.server import ServerConfig  # noqa: E402
 from streamtts.server.wyoming import WYOMING  # noqa: E402
 from streamtts.voices import VOICES  # noqa: E402
-from test_server import ServerThread, collect, jsend, shared_engine, ws_connect  # noqa: E402
+from support.servers import ThreadServer  # noqa: E402
+from support.ws import collect, jsend, ws_connect  # noqa: E402
 
 TEXT = "今天天气很好。我们去公园散步吧。"  # two chunks for the core's chunker: two sentences
 # what Home Assistant's streaming TTS sends: pieces as an LLM makes them, cutting through words
@@ -35,9 +36,9 @@ READ_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def server(pack):
+def server(torch_engine):
     config = ServerConfig(port=0, static_dir=None, capacity=2, cache_bytes=0, wyoming_port=0, idle_timeout_s=3.0)
-    with ServerThread(config, shared_engine(pack)) as srv:
+    with ThreadServer(config, torch_engine) as srv:
         srv.wyoming_port = srv.app[WYOMING].port
         yield srv
 
@@ -257,7 +258,7 @@ def test_bad_inputs_get_errors_and_the_connection_goes_on(server):
 
 
 def test_engine_failure_is_engine_unavailable(server):
-    worker = server.state.worker
+    worker = server.state.engine.worker
     worker.failure = "RuntimeError: no weights"  # as the worker records a failed load
     try:
         async def go():
@@ -279,12 +280,12 @@ def test_client_closing_mid_stream_frees_its_slot(server):
             await c.write_event(SynthesizeChunk(text="这是一段很长的话，客户端听到第一段声音就会离开。" * 3).event())
             while not AudioChunk.is_type((await read(c)).type):
                 pass
-            assert state.admission.admitted == 1 and state.scheduler.size == 1
+            assert state.engine.admission.admitted == 1 and state.engine.scheduler.size == 1
         # leaving the block closes the socket mid-stream
 
     run(go())
     deadline = time.monotonic() + 5
-    while state.admission.admitted or state.scheduler.size:
+    while state.engine.admission.admitted or state.engine.scheduler.size:
         assert time.monotonic() < deadline, "the stream outlived its connection"
         time.sleep(0.05)
 
@@ -300,7 +301,7 @@ def test_busy_when_every_slot_is_taken(server):
             for holder in (a, b):
                 await holder.write_event(SynthesizeStop().event())
             ends = [await read(holder) for holder in (a, b)]
-            while server.state.admission.admitted:  # released once their tasks are done
+            while server.state.engine.admission.admitted:  # released once their tasks are done
                 await asyncio.sleep(0.01)
             # a slot is free again: the same connection is served
             await c.write_event(Synthesize(text="你好。").event())
@@ -333,7 +334,7 @@ def test_idle_connections_and_empty_streams_are_closed(server):
 
     assert run(go()) == [("idle_timeout", True), ("idle_timeout", True)]
     deadline = time.monotonic() + 5
-    while server.state.admission.admitted:
+    while server.state.engine.admission.admitted:
         assert time.monotonic() < deadline, "the idle stream kept its slot"
         time.sleep(0.05)
 

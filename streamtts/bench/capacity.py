@@ -13,12 +13,12 @@ The load, per stream i:
   :data:`~streamtts.evaluation.sentences.TEST_SENTENCES` (a different pick per stream, seed i),
   sent in fragments of 3 characters every 30 ms, then END; stream i starts at i/N x ``stagger``
   seconds (default 2 s: sessions do not all open in the same millisecond);
-* a player: it takes every piece of audio as soon as the engine posts it (``req.delivered``),
-  starts playing 200 ms after the first audio arrived and plays at real time, so sample s (pauses
-  between sentences included) is due at ``t_first + 0.2 + s / 22050``. It reports what it holds
-  and has not played yet (``req.set_buffered``, every 30 ms), so the scheduler pauses a stream
-  that is ``max_buffered_s`` (5 s) ahead of its listener, as it would for a real player that reads
-  at playback speed. ``--no-player-buffer`` reports nothing (the consumer "plays" instantly).
+* a player: it reads its utterance's output stream as the engine posts to it, paced to a lead of
+  ``max_buffered_s`` (5 s) over its listener's clock as a server paces a real listener, so the
+  scheduler pauses a stream that far ahead the same way; it starts playing 200 ms after the first
+  audio arrived and plays at real time, so sample s (pauses between sentences included) is due at
+  ``t_first + 0.2 + s / 22050``. ``--no-player-buffer`` does not pace (the consumer takes
+  everything at once).
 * underruns: a piece that arrives after it is due stalls the player for (arrival - due); the
   player then resumes, later by that much (as a real player re-buffers). Per stream: the number
   of underruns, their sum (``stall_total_s``) and the longest (``stall_max_s``).
@@ -148,7 +148,7 @@ class InProcessBench:
 
         self.name = row_name(engine, vocoder)
         self.engine, self.ta, self.tv = timed_engine(engine, vocoder)
-        # torch threads as the server's worker sets them by default (streamtts/server/worker.py):
+        # torch threads as the server's worker sets them by default (streamtts/engine_client/inprocess.py):
         # one for the torch acoustic backend, torch's default otherwise (torch vocoders)
         if self.engine.acoustic.name == "torch":
             import torch
@@ -159,7 +159,7 @@ class InProcessBench:
         self.voice = voice or DEFAULT_VOICE
         warm_up()
         preload()
-        from streamtts.server.worker import speak_through
+        from streamtts.engine_client.inprocess import speak_through
 
         speak_through(self._core(), "你好。")  # first-call costs
 
@@ -176,9 +176,10 @@ class InProcessBench:
 
     def run(self, texts: Sequence[str], stagger_s: float = STAGGER_S, tolerance_s: float = STALL_TOLERANCE_S,
             timeout_s: float = 600.0) -> dict:
+        from streamtts.engine_client.base import UtteranceSpec
+        from streamtts.engine_client.inprocess import InProcessUtterance
+        from streamtts.engine_client.stream import Audio, Done, Failed, OutputStream, Segment
         from streamtts.text.chunker import SentenceChunker
-        from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
-        from streamtts.core.request import END, TEXT, Request, Status
 
         n = len(texts)
         core = self._core()
@@ -186,31 +187,32 @@ class InProcessBench:
         self.ta.reset()
         self.tv.reset()
         logs = [StreamLog(i, texts[i]) for i in range(n)]
-        reqs: list[Optional[Request]] = [None] * n
-        chunkers = [SentenceChunker() for _ in range(n)]  # the Request's chunker, default options
+        utts: list[Optional[InProcessUtterance]] = [None] * n
+        chunkers = [SentenceChunker() for _ in range(n)]  # the request's chunker, default options
         pieces = [fragments(t) for t in texts]
         done = threading.Semaphore(0)
+        # The player holds up to max_buffered_s: its stream paces to that lead, as a server paces
+        # its listener, and what the stream holds back pauses the synthesis the same way.
+        lead_s = self.max_buffered_s if self.player_buffer else 0.0
+        lock = threading.Lock()  # streams are read from the engine thread (on push) and this one
 
-        def sink_for(i: int):
-            lg = logs[i]
-
-            def sink(out) -> None:
-                t = time.monotonic()
-                if isinstance(out, AudioOut):
-                    lg.add_audio(t, len(out.audio), True)
-                    reqs[i].delivered(len(out.audio) / SR)
-                elif isinstance(out, PauseOut):
-                    lg.add_audio(t, out.samples, False)
-                    reqs[i].delivered(out.samples / SR)
-                elif isinstance(out, SegmentOut):
-                    lg.segments += 1
-                elif isinstance(out, FinishedOut):
-                    lg.t_done = t
-                    done.release()
-                elif isinstance(out, FailedOut):
-                    lg.failed = out.code
-                    done.release()
-            return sink
+        def take(i: int) -> None:
+            """The player takes what its stream lets go now (arrival time: now)."""
+            lg, stream = logs[i], utts[i].stream
+            with lock:
+                while (event := stream.next()) is not None:
+                    t = time.monotonic()
+                    if isinstance(event, Audio):
+                        lg.add_audio(t, len(event.samples), not event.silence)
+                        stream.delivered(event)
+                    elif isinstance(event, Segment):
+                        lg.segments += 1
+                    elif isinstance(event, Done):
+                        lg.t_done = t
+                        done.release()
+                    elif isinstance(event, Failed):
+                        lg.failed = event.code
+                        done.release()
 
         # (time offset, stream, fragment index); index == len: END
         events = sorted((stagger_s * i / max(n, 1) + k * FRAGMENT_INTERVAL_S, i, k)
@@ -232,26 +234,22 @@ class InProcessBench:
                 while e < len(events) and t0 + events[e][0] <= now:
                     _, i, k = events[e]
                     e += 1
-                    if reqs[i] is None:
-                        reqs[i] = Request(self.voice, i, 1.0, sink=sink_for(i), api="bench")
-                        sched.add_request(reqs[i])
+                    if utts[i] is None:
+                        stream = OutputStream(SR, max_lead_s=lead_s)
+                        stream.notify = lambda i=i: take(i)
+                        utts[i] = InProcessUtterance(sched, UtteranceSpec(self.voice, i, 1.0, api="bench"), stream)
                     t = time.monotonic()
                     if k < len(pieces[i]):
                         logs[i].mark_text(t, bool(chunkers[i].push(pieces[i][k])))
-                        sched.command(reqs[i], TEXT, 0, pieces[i][k])
+                        utts[i].text(0, pieces[i][k])
                     else:
                         logs[i].mark_text(t, True)  # END flushes: a chunk not complete before is now
-                        sched.command(reqs[i], END, 0)
-                if self.player_buffer and now >= next_flow:
+                        utts[i].end(0)
+                if self.player_buffer and now >= next_flow:  # pieces held back by pacing fall due
                     next_flow = now + FRAGMENT_INTERVAL_S
-                    for i, req in enumerate(reqs):
-                        lg = logs[i]
-                        if req is None or lg.t_first_audio is None or lg.t_done is not None:
-                            continue
-                        played = max(0.0, now - lg.t_first_audio - START_BUFFER_S)
-                        req.set_buffered(max(0.0, lg.arrived_s - played))
-                        if req.status is Status.PAUSED:
-                            sched.flow(req)
+                    for i, utt in enumerate(utts):
+                        if utt is not None and logs[i].t_done is None:
+                            take(i)
                 wait = min(t0 + events[e][0] if e < len(events) else now + 0.05,
                            next_flow if self.player_buffer else now + 0.05) - time.monotonic()
                 if done.acquire(timeout=max(0.0, min(wait, 0.05))):

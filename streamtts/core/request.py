@@ -1,14 +1,15 @@
 """Request state: one session's (or one call's) synthesis, as explicit data the scheduler reads.
 
 A request takes text over time (``TEXT``/``FLUSH``/``END`` commands, tagged with a generation),
-cuts it into chunks with the sentence chunker, and speaks the chunks one after another. The
-scheduler owns everything here except the inbox, which any thread may append to, and the
-flow-control counters, which the consumer updates as it takes audio::
+cuts it into chunks with the sentence chunker (keeping the words of its core's user lexicon
+whole: the scheduler gives it the lexicon when it admits it), and speaks the chunks one after
+another. The scheduler owns everything here except the inbox, which any thread may append to,
+and the flow-control counters, which the consumer updates as it takes audio::
 
     req = Request(voice="biaobei", seed=0, speed=1.0, sink=post)   # post(output) in the engine thread
     scheduler.add_request(req)
     scheduler.command(req, TEXT, generation, "你好。")             # TEXT / FLUSH / END / CANCEL / CLOSE
-    req.delivered(seconds); req.set_buffered(seconds)              # the consumer took / holds audio
+    req.delivered(seconds)                                         # the consumer wrote it to its transport
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from streamtts.text.chunker import Chunk
+from streamtts.text.lexicon import Lexicon
 from streamtts.text.markup_chunker import MarkupChunker
 
 TEXT, FLUSH, END, CANCEL, CLOSE = "text", "flush", "end", "cancel", "close"
@@ -74,8 +76,13 @@ class Request:
         self.t_ref = time.monotonic()  # deadline = t_ref + produced_s: when its listener runs dry
         self.produced_s = 0.0
         self._lock = threading.Lock()
-        self._inflight_s = 0.0  # posted to the sink, not yet taken by the consumer
-        self._buffered_s = 0.0  # held by the consumer, not yet played or sent
+        self._inflight_s = 0.0  # posted to the sink, not yet written to its transport
+
+    def use_lexicon(self, lexicon: Optional[Lexicon]) -> None:
+        """Cut text keeping ``lexicon``'s words whole (the engine core's; None: no user lexicon).
+        Called before any text reaches the chunker."""
+        if lexicon is not self.chunker.lexicon:
+            self.chunker = MarkupChunker(self.speed, lexicon=lexicon, **self.chunker_options)
 
     @property
     def has_work(self) -> bool:
@@ -90,13 +97,10 @@ class Request:
         with self._lock:
             self._inflight_s -= seconds
 
-    def set_buffered(self, seconds: float) -> None:
-        self._buffered_s = seconds
-
     @property
     def backlog_s(self) -> float:
         with self._lock:
-            return self._inflight_s + self._buffered_s
+            return self._inflight_s
 
     def posted(self, seconds: float) -> None:
         with self._lock:

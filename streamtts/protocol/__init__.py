@@ -2,7 +2,7 @@
 checked) and :mod:`.session` (one session's state machine). No sockets, threads or heavy imports."""
 
 from streamtts.audio.codec import FORMATS, SAMPLE_RATES, AudioEncoder, mulaw_decode, mulaw_encode
-from streamtts.core.outputs import SpokenSegment
+from streamtts.engine_client.stream import Segment
 from streamtts.protocol.messages import (
                                          CLOSE_CODES,
                                          CancelEvent,
@@ -23,7 +23,7 @@ from streamtts.protocol.messages import (
 from streamtts.protocol.session import Session
 
 __all__ = [
-    "State", "Options", "Limits", "Session", "SpokenSegment", "StartEvent", "TextEvent",
+    "State", "Options", "Limits", "Session", "Segment", "StartEvent", "TextEvent",
     "FlushEvent", "CancelEvent", "EndEvent", "ProtocolError", "parse_options", "check_text", "parse_text",
     "error_message", "CLOSE_CODES", "TokenBucket", "AudioEncoder", "FORMATS", "SAMPLE_RATES",
     "mulaw_encode", "mulaw_decode",

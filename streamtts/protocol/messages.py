@@ -16,15 +16,14 @@ from typing import Callable, Union
 
 from streamtts.audio.codec import FORMATS, NATIVE_RATE, SAMPLE_RATES
 from streamtts.constants import DEFAULT_SEED, MAX_SPEED, MIN_SPEED
-from streamtts.errors import StreamTTSError
+from streamtts.engine_client.stream import FRAME_S  # noqa: F401  (the one piece size, re-exported)
+from streamtts.errors import ERRORS, StreamTTSError, error_message  # noqa: F401  (error_message re-exported)
 from streamtts.voices import resolve_voice
 
-# WebSocket close code for each fatal error (RFC 6455 section 7.4.1).
-CLOSE_CODES = {"too_many_sessions": 1013, "server_busy": 1013, "engine_unavailable": 1011, "internal": 1011,
-               "message_too_large": 1009, "bad_utf8": 1007, "idle_timeout": 1001, "going_away": 1001,
-               "unauthorized": 1008, "rate_limited": 1008, "outbox_full": 1008, "too_many_errors": 1008}
+# WebSocket close code per error code (RFC 6455 section 7.4.1), from the error table
+# (streamtts/errors.py: close_code(code) gives the default for the others).
+CLOSE_CODES = {code: spec.close for code, spec in ERRORS.items() if spec.close is not None}
 MAX_SEED = 2**31 - 1
-FRAME_S = 0.25  # longest binary frame of audio, in seconds
 _DONE = object()  # outbox placeholder of the `done` message
 
 
@@ -41,6 +40,12 @@ class ProtocolError(Exception):
     def __init__(self, code: str, message: str, fatal: bool = False):
         super().__init__(message)
         self.code, self.message, self.fatal = code, message, fatal
+
+    @classmethod
+    def from_error(cls, exc: StreamTTSError) -> "ProtocolError":
+        """A typed error of the input (an unknown voice, bad SSML...) as the client's mistake it
+        is: same code, same message. ``raise ProtocolError.from_error(exc) from None``."""
+        return cls(exc.code, exc.message)
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,6 @@ class TokenBucket:
         return False
 
 
-def error_message(code: str, message: str, fatal: bool = False) -> dict:
-    return {"type": "error", "code": code, "message": message, "fatal": fatal}
-
-
 def _number(value, what: str, code: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ProtocolError(code, f"{what} must be a finite number, got {value!r}")
@@ -135,7 +136,7 @@ def parse_options(msg: dict) -> Options:
     try:
         voice = resolve_voice(voice)
     except StreamTTSError as exc:
-        raise ProtocolError(exc.code, exc.message) from None
+        raise ProtocolError.from_error(exc) from None
     fmt = msg.get("format", "pcm_s16le")
     if not isinstance(fmt, str) or fmt not in FORMATS:  # a list or object is unhashable: test the type first
         raise ProtocolError("unknown_format", f"unknown format {fmt!r:.60}; the formats are: {', '.join(FORMATS)}")
@@ -174,7 +175,7 @@ def parse_text(text: str, text_format: str) -> str:
     try:
         doc = parse_ssml(text)
     except StreamTTSError as exc:
-        raise ProtocolError(exc.code, exc.message) from None
+        raise ProtocolError.from_error(exc) from None
     if not any(_can_speak(ch) and not ch.isspace() for ch in doc):
         raise ProtocolError("no_speakable_text", "nothing speakable in the SSML document")
     return doc

@@ -7,7 +7,7 @@ No sockets, no threads, no clock other than the one passed in. The server moves 
         ...                                        # StartEvent, TextEvent, FlushEvent, CancelEvent, EndEvent
     # synthesis results, tagged with the generation of the text they came from:
     session.audio(generation, samples)             # float32 @ 22050 Hz
-    session.segment(generation, SpokenSegment(...))
+    session.segment(generation, Segment(...))  # streamtts.engine_client.stream
     session.pause(generation, n_samples)
     session.finished(generation)                   # all text after `end` was spoken -> done
     while (item := session.next_to_send()) is not None:
@@ -30,11 +30,10 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from streamtts.audio.codec import NATIVE_RATE, AudioEncoder
-from streamtts.audio.pacing import Pacer
-from streamtts.core.outputs import SpokenSegment
+from streamtts.engine_client.stream import Segment
+from streamtts.errors import close_code
 from streamtts.protocol.messages import (
     _DONE,
-    CLOSE_CODES,
     FRAME_S,
     CancelEvent,
     EndEvent,
@@ -64,11 +63,10 @@ class Session:
     """One WebSocket session's protocol state machine; see the module docstring."""
 
     def __init__(self, limits: Optional[Limits] = None, session_id: Optional[str] = None,
-                 clock: Callable[[], float] = time.monotonic, pacer: Optional[Pacer] = None):
+                 clock: Callable[[], float] = time.monotonic):
         self.limits = limits or Limits()
         self.id = session_id or uuid.uuid4().hex[:16]
         self.clock = clock
-        self.pacer = pacer  # holds audio back while the listener is max_lead_s behind (None: never)
         self.valid_at = clock()  # when the last valid client message came (the idle timer)
         self.error_streak = 0  # client messages in a row answered with an error
         self.outbox_bytes = 0  # everything queued, JSON included (bounded by max_outbox_bytes)
@@ -232,8 +230,6 @@ class Session:
         self.generation += 1
         # audio dropped from the outbox was never sent: positions count samples sent
         self._position -= self._drop_unsent() // self.encoder.sample_width
-        if self.pacer is not None:
-            self.pacer.reset()  # the client drops what it holds of the cancelled speech
         self._ttfa_pending = False
         self._ttfa_start = None
         self._ttfa_armed = True
@@ -266,7 +262,7 @@ class Session:
             self._segment_start = self._position
         self._queue_audio(self.encoder.encode(samples))
 
-    def segment(self, generation: int, seg: SpokenSegment, compute_s: float = 0.0) -> None:
+    def segment(self, generation: int, seg: Segment, compute_s: float = 0.0) -> None:
         """The current chunk's audio is complete: flush the resampler, then its `segment`."""
         self.compute_s += compute_s
         if not self._current(generation):
@@ -303,8 +299,8 @@ class Session:
 
     def next_to_send(self) -> Optional[Outgoing]:
         """The next message to send (dict: JSON text frame; bytes: binary frame), or None: nothing
-        queued, or audio held back by pacing (then :meth:`send_wait_s` > 0)."""
-        if not self._outbox or self.send_wait_s() > 0:
+        queued."""
+        if not self._outbox:
             return None
         item = self._outbox.popleft()
         self.outbox_bytes -= len(item) if isinstance(item, bytes) else _json_size(item)
@@ -316,8 +312,6 @@ class Session:
         if isinstance(item, bytes):
             self.buffered_bytes -= len(item)
             self.samples_sent += len(item) // self.encoder.sample_width
-            if self.pacer is not None:
-                self.pacer.sent(self._seconds(len(item)), self.clock())
             if self._ttfa_pending:
                 ttfa = self.clock() - self._ttfa_start
                 self.ttfa_observed.append(ttfa)
@@ -326,12 +320,6 @@ class Session:
                 self._ttfa_pending = False
                 self._ttfa_start = None
         return item
-
-    def send_wait_s(self) -> float:
-        """Seconds until the queued audio may be sent (0: the next message may go now)."""
-        if self.pacer is None or not self._outbox or not isinstance(self._outbox[0], bytes):
-            return 0.0
-        return self.pacer.wait_s(self.clock(), self._seconds(len(self._outbox[0])))
 
     @property
     def has_outgoing(self) -> bool:
@@ -359,7 +347,7 @@ class Session:
         self._outbox.clear()
         self.outbox_bytes = self.buffered_bytes = 0
         self.state = State.CLOSED
-        self.close_code = CLOSE_CODES["outbox_full"]
+        self.close_code = close_code("outbox_full")
         self.fatal_code = "outbox_full"
         self._queue(error_message("outbox_full", f"more than {self.limits.max_outbox_bytes} bytes are waiting "
                                                  "for this client, which does not read; closing", fatal=True))
@@ -384,7 +372,7 @@ class Session:
         if fatal:
             self.fatal_code = code
             self.state = State.CLOSED
-            self.close_code = CLOSE_CODES.get(code, 1008)
+            self.close_code = close_code(code)
 
 
 def _json_size(msg) -> int:

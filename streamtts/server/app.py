@@ -21,16 +21,16 @@ from aiohttp import WSCloseCode, web
 
 from engines.base import ModelPair
 from streamtts.core.cache import PhraseCache
-from streamtts.core.scheduler import Scheduler
-from streamtts.server.admission import Admission
+from streamtts.engine_client.inprocess import InProcessEngineClient
 from streamtts.server.config import ServerConfig
-from streamtts.server.limits import Guard, guard_middleware, redact_secrets_in_logs
+from streamtts.server.errors import http_error
+from streamtts.server.limits import Guard, redact_secrets_in_logs
 from streamtts.server.metrics import Metrics
+from streamtts.server.middleware import guard_middleware
 from streamtts.server.openai_api import OPENAI_VOICES, speech_handler
-from streamtts.protocol import error_message
-from streamtts.server.state import STATE, ServerState, openai_error
-from streamtts.server.worker import Worker
+from streamtts.server.state import STATE, ServerState, admission_metrics
 from streamtts.server.ws import stream_handler
+from streamtts.text.lexicon import Lexicon
 from streamtts.voices import DEFAULT_VOICE, VOICES
 
 log = logging.getLogger(__name__)
@@ -43,17 +43,13 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[ModelPair
     ``engine`` or ``config.engine``; ``/ready`` answers 200 once it is warm."""
     config = config or ServerConfig()
     redact_secrets_in_logs()  # a key in ?api_key= must not reach a log line (aiohttp logs request lines)
-    if config.lexicon is not None:  # the frontend is process-wide, and so is its user lexicon
-        from streamtts.text.userlex import load_lexicon, set_user_lexicon
-
-        set_user_lexicon(load_lexicon(config.lexicon))  # LexiconError (with the line) before serving
+    # this app's user lexicon, read once; LexiconError (with the line) before serving
+    lexicon = Lexicon.load(config.lexicon) if config.lexicon is not None else None
     metrics = Metrics()
     cache = PhraseCache(config.cache_bytes) if config.cache_bytes > 0 else None
-    scheduler = Scheduler()
-    worker = Worker(scheduler, config, cache, metrics, engine)
-    # until the engine is loaded (and its capacity known) sessions wait in the queue
-    admission = Admission(config.capacity or 1, config.queue_size, config.queue_timeout_s)
-    state = ServerState(config, metrics, cache, scheduler, worker, Guard(config), admission)
+    client = InProcessEngineClient(config, cache, metrics, engine, lexicon=lexicon)
+    state = ServerState(config, metrics, cache, client, Guard(config))
+    client.admission.on_change = lambda: admission_metrics(state)
 
     app = web.Application(client_max_size=_MAX_BODY, middlewares=[_gate, _cors, guard_middleware])
     app[STATE] = state
@@ -144,17 +140,7 @@ async def drain(app: web.Application, timeout_s: float) -> None:
 
 
 async def _start(app: web.Application) -> None:
-    state = app[STATE]
-    loop = asyncio.get_running_loop()
-    if not state.config.capacity:
-        state.admission.capacity = 0  # nobody is admitted before the capacity is measured
-
-    def ready() -> None:  # engine thread: capacity known, or loading failed (then let all see it)
-        capacity = state.worker.capacity if state.worker.failure is None else 1 << 20
-        loop.call_soon_threadsafe(state.admission.set_capacity, capacity)
-
-    state.worker.on_ready = ready
-    state.worker.start()
+    app[STATE].engine.start()
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -168,7 +154,7 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 async def _stop(app: web.Application) -> None:
-    app[STATE].worker.stop(timeout=2.0)
+    app[STATE].engine.stop(timeout=2.0)
 
 
 # Paths that start work: refused while draining.
@@ -182,10 +168,8 @@ async def _gate(request: web.Request, handler):
     if request.path not in _WORK_PATHS:
         return await handler(request)
     if state.draining:
-        state.metrics.errors.labels(code="going_away").inc()
-        if request.path == "/v1/stream":
-            return web.json_response(error_message("going_away", _GOING_AWAY, fatal=True), status=503)
-        return openai_error(503, "going_away", _GOING_AWAY)
+        return http_error("going_away", _GOING_AWAY, shape="stream" if request.path == "/v1/stream" else "openai",
+                          metrics=state.metrics)
     if request.path == "/v1/stream":
         return await handler(request)
     task = asyncio.current_task()
@@ -209,7 +193,7 @@ async def _cors(request: web.Request, handler):
 
 async def _preflight(request: web.Request) -> web.Response:
     if request.app[STATE].guard.cors_origin(request) is None:
-        return openai_error(403, "origin_not_allowed", "this Origin is not allowed")
+        return http_error("origin_not_allowed", "this Origin is not allowed")
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
         "Access-Control-Allow-Headers": "Authorization, Content-Type",
@@ -219,7 +203,7 @@ async def _preflight(request: web.Request) -> web.Response:
 async def _voices(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if not state.guard.authorized(request):
-        return openai_error(401, "unauthorized", "missing or wrong API key", state.metrics)
+        return http_error("unauthorized", "missing or wrong API key", metrics=state.metrics)
     return web.json_response({"voices": [{"name": v, "default": v == DEFAULT_VOICE} for v in VOICES],
                               "aliases": OPENAI_VOICES, "default": DEFAULT_VOICE})
 
@@ -230,13 +214,13 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    worker = state.worker
+    engine = state.engine
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
-    if worker.ready.is_set():
-        return web.json_response({"status": "ready", "engine": worker.engine.name, "capacity": worker.capacity})
-    if worker.failure is not None:
-        return web.json_response({"status": "failed", "error": worker.failure}, status=503)
+    if engine.ready:
+        return web.json_response({"status": "ready", "engine": engine.name, "capacity": engine.capacity})
+    if engine.failure is not None:
+        return web.json_response({"status": "failed", "error": engine.failure}, status=503)
     return web.json_response({"status": "loading"}, status=503)
 
 

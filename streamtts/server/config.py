@@ -55,13 +55,13 @@ class ServerConfig:
     idle_timeout_s: float = 300.0  # a WebSocket with no client message for this long is closed
     cache_bytes: int = 64 * 1024 * 1024  # phrase cache size (0: no cache)
     prewarm: Optional[Path] = None  # file of phrases (one a line) synthesized into the cache at start
-    # user lexicon, word<TAB>toned pinyin a line (streamtts/text/userlex.py); process-wide: it is
-    # set when create_app is called and stays set
+    # user lexicon, word<TAB>toned pinyin a line (streamtts/text/lexicon.py); create_app reads it
+    # once, for this app's engine only
     lexicon: Optional[Path] = None
     static_dir: Optional[Path] = DEFAULT_STATIC_DIR  # the web page; None: do not serve files
     # torch intra-op threads (process-wide; 0: auto = 1 when the acoustic backend is torch, whose
-    # decoder ops are tiny: measured on 2 busy cores, RTF 0.6 with 1 thread and 6.5 with 2; else
-    # torch's default, for the torch vocoders' large convolutions).
+    # decoder ops are tiny: a second thread's synchronisation costs more than it computes, many
+    # times over on a busy machine; else torch's default, for the torch vocoders' large convolutions).
     torch_threads: int = 0
     block_first: int = 24  # decoder steps of a chunk's first block (fast first audio) ...
     block_rest: int = 64  # ... and of later blocks: the scheduler's unit of work

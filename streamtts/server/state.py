@@ -1,4 +1,4 @@
-"""What the handlers of one app share (``request.app[STATE]``), and small response helpers."""
+"""What the handlers of one app share (``request.app[STATE]``). Error answers: streamtts/server/errors.py."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from typing import Optional
 from aiohttp import web
 
 from streamtts.core.cache import PhraseCache
-from streamtts.core.scheduler import Scheduler
-from streamtts.server.admission import Admission
+from streamtts.engine_client.base import EngineClient
 from streamtts.server.config import ServerConfig
 from streamtts.server.limits import Guard
 from streamtts.server.metrics import Metrics
-from streamtts.server.worker import Worker
 
 
 @dataclass
@@ -21,10 +19,8 @@ class ServerState:
     config: ServerConfig
     metrics: Metrics
     cache: Optional[PhraseCache]
-    scheduler: Scheduler
-    worker: Worker
+    engine: EngineClient  # the only way to the engine: utterances, admission, health
     guard: Guard
-    admission: Admission
     sockets: set = field(default_factory=set)  # open WebSockets, closed at shutdown
     connections: set = field(default_factory=set)  # their ws.Connection objects (for the drain)
     http_tasks: set = field(default_factory=set)  # tasks of HTTP speech streams in flight
@@ -35,19 +31,10 @@ STATE = web.AppKey("streamtts_state", ServerState)
 
 
 def engine_unavailable(state: ServerState) -> str:
-    return f"the engine is unavailable: {state.worker.failure}"
+    return f"the engine is unavailable: {state.engine.failure}"
 
 
 def admission_metrics(state: ServerState) -> None:
-    state.metrics.admitted.set(state.admission.admitted)
-    state.metrics.queued.set(state.admission.queued)
+    state.metrics.admitted.set(state.engine.admission.admitted)
+    state.metrics.queued.set(state.engine.admission.queued)
 
-
-def openai_error(status: int, code: str, message: str, metrics: Optional[Metrics] = None,
-                 headers: Optional[dict] = None) -> web.Response:
-    """An HTTP error in OpenAI's shape: {"error": {"message", "type", "code"}}."""
-    if metrics is not None:
-        metrics.errors.labels(code=code).inc()
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return web.json_response({"error": {"message": message, "type": kind, "code": code, "param": None}},
-                             status=status, headers=headers)

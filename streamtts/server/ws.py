@@ -1,9 +1,11 @@
-"""WebSocket ``GET /v1/stream``: moves data between the socket, the protocol and the worker.
+"""WebSocket ``GET /v1/stream``: moves data between the socket, the sans-I/O session and the
+engine client.
 
-One :class:`Connection` per socket: a receive loop feeds client frames to the sans-I/O
-:class:`~streamtts.protocol.Session` and turns its events into scheduler commands; a send loop
-writes what the session queues; worker outputs arrive via ``call_soon_threadsafe``. All protocol
-state is touched on the event loop only.
+One :class:`Connection` per socket: a receive loop feeds client frames to the
+:class:`~streamtts.protocol.Session` and turns its events into commands of the session's
+utterance; a send loop writes what the session queues, and hands the session the utterance's
+output stream one event at a time (paced by the stream), reporting each as delivered once its
+frames are written. All protocol state is touched on the event loop only.
 """
 
 from __future__ import annotations
@@ -16,14 +18,10 @@ from typing import Optional
 
 from aiohttp import WSMsgType, web
 
-from streamtts.constants import NATIVE_RATE
-from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
-from streamtts.audio.pacing import Pacer
-from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request
-from streamtts.protocol import (CancelEvent, EndEvent, FlushEvent, Session, StartEvent, State, TextEvent,
-                                error_message)
-from streamtts.server.admission import Busy
-from streamtts.server.state import STATE, ServerState, admission_metrics, engine_unavailable
+from streamtts.engine_client import Audio, Busy, Done, Event, Failed, Segment, Utterance, UtteranceSpec
+from streamtts.protocol import CancelEvent, EndEvent, FlushEvent, Session, StartEvent, State, TextEvent
+from streamtts.server.errors import http_error
+from streamtts.server.state import STATE, ServerState, engine_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +41,6 @@ def cap_send_buffer(request: web.Request, size: int = SEND_BUFFER_BYTES) -> None
             log.debug("SO_SNDBUF not set: %s", exc)
 
 
-def _refusal(status: int, code: str, message: str, state: ServerState) -> web.Response:
-    state.metrics.errors.labels(code=code).inc()
-    return web.json_response(error_message(code, message, fatal=True), status=status)
-
-
 def _websocket(max_frame_bytes: int) -> web.WebSocketResponse:
     # No permessage-deflate: PCM hardly compresses, and zlib would cost the CPU synthesis needs.
     # Text frames stay bytes (aiohttp >= 3.14) so invalid UTF-8 is the protocol's non-fatal
@@ -63,24 +56,26 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     guard = state.guard
     if not guard.authorized(request):
-        return _refusal(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or ?api_key=KEY)",
-                        state)
+        return http_error("unauthorized", "missing or wrong API key (Authorization: Bearer KEY or ?api_key=KEY)",
+                          shape="stream", metrics=state.metrics)
     if not guard.origin_allowed(request):
-        return _refusal(403, "origin_not_allowed", f"Origin {request.headers.get('Origin')!r} is not allowed", state)
+        return http_error("origin_not_allowed", f"Origin {request.headers.get('Origin')!r} is not allowed",
+                          shape="stream", metrics=state.metrics)
     ws = _websocket(state.config.max_frame_bytes)
     if not ws.can_prepare(request).ok:
-        return _refusal(426, "bad_message", "this endpoint speaks WebSocket: send an Upgrade request", state)
+        return http_error("bad_message", "this endpoint speaks WebSocket: send an Upgrade request",
+                          shape="stream", metrics=state.metrics, status=426)
     if not guard.admit_request(request):
-        return _refusal(429, "rate_limited", "too many new sessions for this key; try again shortly", state)
+        return http_error("rate_limited", "too many new sessions for this key; try again shortly",
+                          shape="stream", metrics=state.metrics)
     await ws.prepare(request)
     cap_send_buffer(request)
     with guard.session() as admitted:
-        lead = state.config.max_lead_s
-        session = Session(limits=state.config.limits, pacer=Pacer(lead) if lead > 0 else None)
+        session = Session(limits=state.config.limits)
         if not admitted:
             session.fail("too_many_sessions", f"the server is at its limit of {state.config.max_sessions} "
                                               "sessions; try again later")
-        elif state.worker.failure is not None:
+        elif state.engine.failure is not None:
             session.fail("engine_unavailable", engine_unavailable(state))
         await Connection(state, ws, session, request.transport).run()
     return ws
@@ -91,9 +86,10 @@ class Connection:
         self.state, self.ws, self.session, self.transport = state, ws, session, transport
         self._waiting: Optional[asyncio.Task] = None  # the wait for an admission slot
         self._kicked = False  # that wait was cancelled by going_away
-        self.scheduler = state.scheduler
+        self.engine = state.engine
         self.metrics = state.metrics
-        self.job: Request | None = None
+        self.utt: Optional[Utterance] = None
+        self._sending: Optional[Event] = None  # the stream event whose frames the session holds
         self.loop = asyncio.get_running_loop()
         self.wakeup = asyncio.Event()
 
@@ -118,8 +114,8 @@ class Connection:
                 await asyncio.wait({sender}, timeout=_FLUSH_TIMEOUT_S)
         finally:
             sender.cancel()
-            if self.job is not None:
-                self.scheduler.command(self.job, CLOSE)  # frees its work at once
+            if self.utt is not None:
+                self.utt.close()  # frees its work at once
             gauge.dec()
             self.state.sockets.discard(self.ws)
             self.state.connections.discard(self)
@@ -131,24 +127,19 @@ class Connection:
 
     async def _admitted_session(self) -> None:
         """Wait for a stream slot (queued, told its position), then serve the client."""
-        admission = self.state.admission
         try:
-            async with admission.slot(on_position=self._queued):
+            async with self.engine.admission.slot(queue=True, on_position=self._queued):
                 self._waiting = None  # admitted: from here the session ends by its protocol
-                admission_metrics(self.state)
-                if self.state.worker.failure is not None:
+                if self.engine.failure is not None:
                     self.session.fail("engine_unavailable", engine_unavailable(self.state))
                     return
                 await self._receive_loop()
         except Busy as exc:
             self.metrics.refused.labels(api="ws").inc()
             self.session.fail("server_busy", exc.message)
-        finally:
-            admission_metrics(self.state)
 
     def _queued(self, position: int) -> None:
         self.session.queued(position)
-        admission_metrics(self.state)
         self.wakeup.set()
 
     # ---- client -> server -------------------------------------------------------------------
@@ -183,13 +174,11 @@ class Connection:
 
     def _busy(self) -> bool:
         """Audio of this session is being made or is on its way to the client."""
-        job = self.job
-        return job is not None and (job.has_work or job.backlog_s > 0 or bool(job.inbox)
-                                    or self.session.has_outgoing)
+        return self.utt is not None and (self.utt.busy or self.session.has_outgoing)
 
     def active(self) -> bool:
         """An utterance is under way: audio on its way, or text waiting for its sentence's end."""
-        return self._busy() or (self.job is not None and bool(self.job.chunker.pending))
+        return self._busy() or (self.utt is not None and self.utt.pending_text)
 
     def going_away(self, message: str) -> None:
         """Server shutdown: end the session now (fatal `going_away`, close code 1001)."""
@@ -207,53 +196,57 @@ class Connection:
     def _dispatch(self, event) -> None:
         if isinstance(event, StartEvent):
             o = event.options
-            self.job = Request(o.voice, o.seed, o.speed, sink=self._sink, api="ws")
-            self.scheduler.add_request(self.job)
+            self.utt = self.engine.open(UtteranceSpec(o.voice, o.seed, o.speed, api="ws"),
+                                        max_lead_s=self.state.config.max_lead_s)
+            self.utt.stream.bind(self.loop, self.wakeup)
             self.metrics.requests.labels(api="ws").inc()
         elif isinstance(event, TextEvent):
-            self.scheduler.command(self.job, TEXT, event.generation, event.text)
+            self.utt.text(event.generation, event.text)
         elif isinstance(event, FlushEvent):
-            self.scheduler.command(self.job, FLUSH, event.generation)
+            self.utt.flush(event.generation)
         elif isinstance(event, CancelEvent):
-            self.scheduler.command(self.job, CANCEL, event.generation)
-            self.job.set_buffered(self.session.buffered_seconds)
+            self.utt.cancel(event.generation)
         elif isinstance(event, EndEvent):
-            self.scheduler.command(self.job, END, event.generation)
+            self.utt.end(event.generation)
 
-    # ---- worker -> client -------------------------------------------------------------------
+    # ---- engine -> client -------------------------------------------------------------------
 
-    def _sink(self, out) -> None:
-        """Worker thread: hand an output to the event loop (raises once the loop is closed)."""
-        self.loop.call_soon_threadsafe(self._on_output, out)
-
-    def _on_output(self, out) -> None:
-        session, job = self.session, self.job
-        if isinstance(out, AudioOut):
-            session.audio(out.generation, out.audio, out.compute_s)
-            job.delivered(len(out.audio) / NATIVE_RATE)
-        elif isinstance(out, PauseOut):
-            session.pause(out.generation, out.samples)
-            job.delivered(out.samples / NATIVE_RATE)
-        elif isinstance(out, SegmentOut):
-            session.segment(out.generation, out.segment, out.compute_s)
-        elif isinstance(out, FinishedOut):
-            session.finished(out.generation)
-        elif isinstance(out, FailedOut):
-            session.fail(out.code, out.message)
-        job.set_buffered(session.buffered_seconds)
-        self.wakeup.set()
+    def _to_session(self, event: Event) -> None:
+        """One event of the utterance's stream becomes the session's frames and messages."""
+        session = self.session
+        if isinstance(event, Audio):
+            if event.silence:
+                session.pause(event.generation, len(event.samples))
+            else:
+                session.audio(event.generation, event.samples, event.compute_s)
+        elif isinstance(event, Segment):
+            session.segment(event.generation, event, event.compute_s)
+        elif isinstance(event, Done):
+            session.finished(event.generation)
+        elif isinstance(event, Failed):
+            session.fail(event.code, event.message)
 
     async def _send_loop(self) -> None:
         session, ws = self.session, self.ws
         try:
             while True:
+                self.wakeup.clear()  # every source is looked at below before waiting
                 item = session.next_to_send()
                 if item is None:
+                    stream = self.utt.stream if self.utt is not None else None
+                    if self._sending is not None:  # all its frames are written (or dropped by a cancel)
+                        stream.delivered(self._sending)
+                        self._sending = None
                     if session.state is State.CLOSED and not session.has_outgoing:
                         await ws.close(code=session.close_code or 1000)
                         return
-                    self.wakeup.clear()
-                    wait = session.send_wait_s()  # > 0: audio held back by pacing
+                    if stream is not None and session.state is not State.CLOSED:
+                        event = stream.next()
+                        if event is not None:
+                            self._to_session(event)
+                            self._sending = event
+                            continue
+                    wait = stream.wait_s() if stream is not None else 0.0  # > 0: held back by pacing
                     try:
                         await asyncio.wait_for(self.wakeup.wait(), timeout=wait or None)
                     except asyncio.TimeoutError:
@@ -268,8 +261,5 @@ class Connection:
                 for ttfa in session.ttfa_observed:
                     self.metrics.ttfa.labels(api="ws").observe(ttfa)
                 session.ttfa_observed.clear()
-                if self.job is not None:
-                    self.job.set_buffered(session.buffered_seconds)
-                    self.scheduler.flow(self.job)
         except (ConnectionError, RuntimeError) as exc:  # the client went away mid-send
             log.debug("send failed: %s", exc)

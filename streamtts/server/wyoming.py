@@ -35,7 +35,6 @@ from typing import Optional
 
 from aiohttp import web
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
 from wyoming.ping import Ping, Pong
@@ -45,11 +44,11 @@ from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, Synthesiz
 from streamtts import __version__
 from streamtts.audio.codec import AudioEncoder
 from streamtts.constants import DEFAULT_SEED, NATIVE_RATE
-from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
-from streamtts.core.request import CLOSE, END, TEXT, Request
+from streamtts.engine_client import Audio, Busy, Done, Failed, Segment, Slot, Utterance, UtteranceSpec
 from streamtts.errors import StreamTTSError
 from streamtts.protocol import ProtocolError, check_text, parse_text
-from streamtts.server.state import STATE, ServerState, admission_metrics, engine_unavailable
+from streamtts.server.errors import count_error, wyoming_error
+from streamtts.server.state import STATE, ServerState, engine_unavailable
 from streamtts.voices import DEFAULT_VOICE, VOICES, resolve_voice
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def parse_voice(data: dict) -> str:
     try:
         return resolve_voice(speaker if speaker and speaker.strip() else name)
     except StreamTTSError as exc:
-        raise ProtocolError(exc.code, exc.message) from None
+        raise ProtocolError.from_error(exc) from None
 
 
 def _parse(kind, event: Event):
@@ -142,10 +141,10 @@ class _BoundedReader:
 
 @dataclass(eq=False)
 class _Synthesis:
-    """One synthesis (a ``synthesize``, or a stream) and its core request."""
+    """One synthesis (a ``synthesize``, or a stream): its utterance and its stream slot."""
 
-    job: Request
-    outputs: asyncio.Queue  # core outputs; bounded by the scheduler's flow control (max_buffered_s)
+    utt: Utterance  # its output stream is bounded by flow control (max_buffered_s)
+    slot: Slot
     streaming: bool
     text_format: object = None
     t0: Optional[float] = None  # when its first text went to the core (TTFA)
@@ -223,7 +222,7 @@ def install_wyoming(app: web.Application) -> None:
 class Connection:
     def __init__(self, server: WyomingServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.server, self.state = server, server.state
-        self.config, self.metrics, self.scheduler = self.state.config, self.state.metrics, self.state.scheduler
+        self.config, self.metrics, self.engine = self.state.config, self.state.metrics, self.state.engine
         self.reader = _BoundedReader(reader, server.max_bytes)
         self.writer = writer
         self.task: Optional[asyncio.Task] = None  # the synthesis being spoken (one at a time) ...
@@ -299,7 +298,7 @@ class Connection:
         syn = self.current
         if syn is None or self.task is None or self.task.done():
             return False
-        return not syn.streaming or syn.job.has_work or syn.job.backlog_s > 0 or bool(syn.job.inbox)
+        return not syn.streaming or syn.utt.busy
 
     async def _handle(self, event: Event) -> None:
         if not isinstance(event.data, dict):
@@ -330,7 +329,7 @@ class Connection:
         await self._idle()
         syn = self._admit(voice, streaming=False, text_format=request.text_format)
         self._push(syn, pieces)
-        self.scheduler.command(syn.job, END, 0)
+        syn.utt.end(0)
 
     async def _stream_start(self, event: Event) -> None:
         if self.stream_open:
@@ -371,7 +370,7 @@ class Connection:
             await self._idle()
             await self._write(SynthesizeStopped().event())
         else:
-            self.scheduler.command(syn.job, END, 0)  # its task sends synthesize-stopped after the audio
+            syn.utt.end(0)  # its task sends synthesize-stopped after the audio
 
     async def _idle(self) -> None:
         """One synthesis at a time, in the order asked: wait for the one being spoken."""
@@ -383,20 +382,17 @@ class Connection:
         state = self.state
         if getattr(state, "draining", False):
             raise ProtocolError("going_away", "the server is shutting down")
-        if state.worker.failure is not None:
+        if self.engine.failure is not None:
             raise ProtocolError("engine_unavailable", engine_unavailable(state))
-        admission = state.admission
-        if not admission.try_acquire():
+        try:
+            slot = self.engine.admission.take()
+        except Busy as exc:
             self.metrics.refused.labels(api="wyoming").inc()
-            raise ProtocolError("server_busy", f"the server is at its capacity of {admission.capacity} streams; "
-                                               "try again shortly")
-        admission_metrics(state)
-        loop = asyncio.get_running_loop()
-        outputs: asyncio.Queue = asyncio.Queue()
-        job = Request(voice, DEFAULT_SEED, 1.0, api="wyoming",
-                      sink=lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out))
-        syn = _Synthesis(job, outputs, streaming, text_format)
-        self.scheduler.add_request(job)
+            raise ProtocolError("server_busy", exc.message) from None
+        # Not paced: a Wyoming client has no cancel to answer (it hangs up), and Home Assistant
+        # collects a whole `synthesize` before it plays it, so pacing would only delay it.
+        utt = self.engine.open(UtteranceSpec(voice, DEFAULT_SEED, 1.0, api="wyoming"), max_lead_s=0.0)
+        syn = _Synthesis(utt, slot, streaming, text_format)
         self.metrics.requests.labels(api="wyoming").inc()
         self.metrics.active_sessions.labels(api="wyoming").inc()
         # the callback, not the task's own finally, frees the slot: a task cancelled before its
@@ -409,12 +405,11 @@ class Connection:
         if syn.t0 is None:
             syn.t0 = time.monotonic()
         for piece in pieces:
-            self.scheduler.command(syn.job, TEXT, 0, piece)
+            syn.utt.text(0, piece)
 
     def _done(self, syn: _Synthesis, task: asyncio.Task) -> None:
-        self.scheduler.command(syn.job, CLOSE)  # a client that went away frees its work at once
-        self.state.admission.release()
-        admission_metrics(self.state)
+        syn.utt.close()  # a client that went away frees its work at once
+        syn.slot.release()
         self.metrics.active_sessions.labels(api="wyoming").dec()
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
@@ -425,21 +420,19 @@ class Connection:
     # ---- core -> client ---------------------------------------------------------------------
 
     async def _speak(self, syn: _Synthesis) -> None:
-        """Write a synthesis's audio as the core makes it: one cycle for a ``synthesize``, one per
+        """Write a synthesis's audio as the engine makes it: one cycle for a ``synthesize``, one per
         spoken chunk for a stream (its silence before a chunk opens that chunk's cycle)."""
-        job, encoder = syn.job, AudioEncoder("pcm_s16le", NATIVE_RATE)
+        stream, encoder = syn.utt.stream, AudioEncoder("pcm_s16le", NATIVE_RATE)
         cycle: Optional[int] = None  # samples written in the open cycle; None: no cycle open
         first = True
         if not syn.streaming:
             await self._write(AudioStart(NATIVE_RATE, WIDTH, CHANNELS).event())
             cycle = 0
         while True:
-            out = await syn.outputs.get()
-            if isinstance(out, (AudioOut, PauseOut)):
-                if isinstance(out, AudioOut):
-                    samples, data = len(out.audio), encoder.encode(out.audio)
-                else:
-                    samples, data = out.samples, encoder.silence(out.samples)
+            event = await stream.get()
+            if isinstance(event, Audio):
+                samples = len(event.samples)
+                data = encoder.silence(samples) if event.silence else encoder.encode(event.samples)
                 if cycle is None:
                     await self._write(AudioStart(NATIVE_RATE, WIDTH, CHANNELS).event())
                     cycle = 0
@@ -447,18 +440,17 @@ class Connection:
                     await self._write(AudioChunk(NATIVE_RATE, WIDTH, CHANNELS, data,
                                                  timestamp=cycle * 1000 // NATIVE_RATE).event())
                 cycle += samples
-                if first and isinstance(out, AudioOut):
+                if first and not event.silence:
                     first = False
                     self.metrics.ttfa.labels(api="wyoming").observe(time.monotonic() - (syn.t0 or 0.0))
-                job.delivered(samples / NATIVE_RATE)
-                self.scheduler.flow(job)
-            elif isinstance(out, SegmentOut):
+                stream.delivered(event)
+            elif isinstance(event, Segment):
                 if syn.streaming and cycle is not None:
                     await self._write(AudioStop().event())
                     cycle = None
-            elif isinstance(out, (FinishedOut, FailedOut)):  # the request is over either way
-                if isinstance(out, FailedOut):
-                    await self._error(out.code, out.message)
+            elif isinstance(event, (Done, Failed)):  # the utterance is over either way
+                if isinstance(event, Failed):
+                    await self._error(event.code, event.message)
                 if cycle is not None:
                     await self._write(AudioStop().event())
                 if syn.streaming:
@@ -471,5 +463,5 @@ class Connection:
         await asyncio.wait_for(async_write_event(event, self.writer), self.config.idle_timeout_s)
 
     async def _error(self, code: str, message: str) -> None:
-        self.metrics.errors.labels(code=code).inc()
-        await self._write(Error(text=message, code=code).event())
+        count_error(self.metrics, code)
+        await self._write(wyoming_error(code, message))

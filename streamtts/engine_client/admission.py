@@ -1,12 +1,15 @@
 """Admission control: at most ``capacity`` streams are admitted at once, so admitted streams never
-stall; beyond it a WebSocket session waits in a bounded FIFO queue (told its position), and is
-refused with ``server_busy`` when the queue is full or its wait runs out. HTTP requests do not
-queue: they get 503 with Retry-After at once (OpenAI clients retry by themselves).
+stall. One API for every transport: a :class:`Slot`, taken now or after a wait in a bounded FIFO
+queue (told its position), given back once. ``Busy`` (``server_busy``) when the queue is full, the
+wait runs out, or the caller does not queue and no slot is free::
 
     admission = Admission(capacity=8, queue_size=16, queue_timeout_s=30.0)
-    async with admission.slot(on_position=session.queued) as slot:   # raises Busy
-        ...                                                          # speak
-    slot = admission.try_acquire()     # HTTP: a slot or None; admission.release(slot) after
+    async with admission.slot(queue=True, on_position=session.queued):   # WebSocket: waits in line
+        ...
+    async with admission.slot(queue=False):                               # HTTP: a slot now or Busy
+        ...
+    slot = admission.take()          # a slot now or Busy, for a holder that gives it back later
+    slot.release()                   # idempotent
 
 Event-loop only (no locks): every method runs on the server's asyncio loop.
 """
@@ -20,13 +23,29 @@ from typing import AsyncIterator, Callable, Optional
 
 
 class Busy(Exception):
-    """No slot: the queue is full, or the wait in it ran out."""
+    """No slot: the queue is full, the wait in it ran out, or the caller would not wait."""
 
     code = "server_busy"
 
     def __init__(self, message: str, retry_after_s: float):
         super().__init__(message)
         self.message, self.retry_after_s = message, retry_after_s
+
+
+class Slot:
+    """One admitted stream; :meth:`release` gives it back (once, however often called)."""
+
+    def __init__(self, admission: "Admission"):
+        self._admission: Optional[Admission] = admission
+
+    def release(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission._release()
+
+    @property
+    def held(self) -> bool:
+        return self._admission is not None
 
 
 class Admission:
@@ -37,44 +56,35 @@ class Admission:
         self.admitted = 0
         self.refused = 0
         self._waiting: deque[asyncio.Future] = deque()
+        self.on_change: Optional[Callable[[], None]] = None  # after every change (metrics)
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
 
     def set_capacity(self, capacity: int) -> None:
-        self.capacity = max(1, int(capacity))
-        self._hand_over()
-
-    def try_acquire(self) -> bool:
-        """A slot now, if one is free and nobody is queued for it."""
-        if self.admitted < self.capacity and not self._waiting:
-            self.admitted += 1
-            return True
-        self.refused += 1
-        return False
-
-    def release(self) -> None:
-        self.admitted -= 1
+        self.capacity = max(0, int(capacity))
         self._hand_over()
 
     def retry_after_s(self) -> int:
         return 1 + len(self._waiting) // max(1, self.capacity)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, on_position: Optional[Callable[[int], None]] = None) -> AsyncIterator[None]:
-        await self._acquire(on_position)
-        try:
-            yield
-        finally:
-            self.release()
-
-    async def _acquire(self, on_position: Optional[Callable[[int], None]]) -> None:
+    def take(self) -> Slot:
+        """A slot now, if one is free and nobody is queued for it; else Busy."""
         if self.admitted < self.capacity and not self._waiting:
-            self.admitted += 1
-            return
+            return self._grant()
+        self.refused += 1
+        self._changed()
+        raise Busy(f"the server is at its capacity of {self.capacity} streams; try again shortly",
+                   self.retry_after_s())
+
+    async def wait(self, on_position: Optional[Callable[[int], None]] = None) -> Slot:
+        """A slot, after a wait in the queue if none is free (``on_position`` hears its place)."""
+        if self.admitted < self.capacity and not self._waiting:
+            return self._grant()
         if len(self._waiting) >= self.queue_size:
             self.refused += 1
+            self._changed()
             raise Busy(f"the server is at its capacity of {self.capacity} streams and its queue of "
                        f"{self.queue_size} is full; try again later", self.retry_after_s())
         fut = asyncio.get_running_loop().create_future()
@@ -85,17 +95,37 @@ class Admission:
             await asyncio.wait_for(asyncio.shield(fut), self.queue_timeout_s)
         except asyncio.TimeoutError:
             if fut.done() and not fut.cancelled():  # admitted at the last moment
-                return
+                return Slot(self)
             self._remove(fut)
             self.refused += 1
+            self._changed()
             raise Busy(f"no stream slot freed within {self.queue_timeout_s:g} s; try again later",
                        self.retry_after_s()) from None
-        except BaseException:  # the session went away while queued
+        except BaseException:  # the caller went away while queued
             if fut.done() and not fut.cancelled():
-                self.release()  # the slot it was given goes to the next in line
+                self._release()  # the slot it was given goes to the next in line
             else:
                 self._remove(fut)
             raise
+        return Slot(self)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, queue: bool = True,
+                   on_position: Optional[Callable[[int], None]] = None) -> AsyncIterator[Slot]:
+        slot = await self.wait(on_position) if queue else self.take()
+        try:
+            yield slot
+        finally:
+            slot.release()
+
+    def _grant(self) -> Slot:
+        self.admitted += 1
+        self._changed()
+        return Slot(self)
+
+    def _release(self) -> None:
+        self.admitted -= 1
+        self._hand_over()
 
     def _remove(self, fut: asyncio.Future) -> None:
         try:
@@ -120,3 +150,8 @@ class Admission:
             if cb is not None and getattr(fut, "position", None) != i:
                 fut.position = i  # type: ignore[attr-defined]
                 cb(i)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

@@ -1,31 +1,36 @@
-"""The engine thread: loads the engine, then runs the engine core's ticks. Inference never runs on
-the event loop.
+"""The in-process engine client: the engine core runs in a thread of this process (the engine
+thread); transports reach it only through :class:`InProcessEngineClient` and its utterances.
 
-    worker = Worker(scheduler, config, cache, metrics, engine=None)   # engine None: per config
-    worker.start()            # loads, warms up, prewarms the cache, measures capacity, serves
-    worker.ready.is_set()     # True once it serves; worker.failure holds why it cannot (load, crash, stall)
-    worker.capacity           # streams it can keep at real time (configured, or measured at start)
-    worker.stop()             # ends the thread (joins it)
+    client = InProcessEngineClient(config, cache=cache, metrics=metrics, models=None)  # None: per config
+    client.start(on_ready)    # engine thread: loads, warms up, prewarms the cache, measures capacity, serves
+    client.ready              # True once it serves; client.failure holds why it cannot (load, crash, stall)
+    client.capacity           # streams it can keep at real time (configured, or measured at start)
+    utt = client.open(UtteranceSpec("biaobei", api="ws"), max_lead_s=2.0)
+    client.stop()             # ends the engine thread (joins it)
+
+Inference never runs on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Callable, Optional
 
 from engines.base import ModelPair
-from streamtts.text.chunker import preload
-from streamtts.constants import DEFAULT_SEED
+from streamtts.constants import DEFAULT_SEED, NATIVE_RATE
 from streamtts.core.cache import PhraseCache
 from streamtts.core.engine_core import EngineCore, scheduler_config_for
-from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut
-from streamtts.core.request import END, TEXT, Request
+from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request
 from streamtts.core.scheduler import BlockSchedule, Plan, RunnerOutput, Scheduler
 from streamtts.text import warm_up
+from streamtts.text.lexicon import Lexicon
+from streamtts.engine_client.admission import Admission
+from streamtts.engine_client.base import EngineClient, Utterance, UtteranceSpec
+from streamtts.engine_client.stream import FRAME_S, Audio, Done, Failed, OutputStream
 from streamtts.voices import DEFAULT_VOICE
 
 log = logging.getLogger(__name__)
@@ -51,37 +56,85 @@ def read_prewarm(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+class InProcessUtterance(Utterance):
+    """An utterance of an engine core in this process: a core request whose sink is its stream."""
+
+    def __init__(self, scheduler: Scheduler, spec: UtteranceSpec, stream: OutputStream):
+        self.scheduler, self.stream = scheduler, stream
+        self.request = Request(spec.voice, spec.seed, spec.speed, sink=stream.push, api=spec.api,
+                               chunker_options=spec.chunker_options or {})
+        stream.on_delivered = self._delivered
+        self._closed = False
+        scheduler.add_request(self.request)
+
+    def text(self, generation: int, text: str) -> None:
+        self.scheduler.command(self.request, TEXT, generation, text)
+
+    def flush(self, generation: int) -> None:
+        self.scheduler.command(self.request, FLUSH, generation)
+
+    def end(self, generation: int) -> None:
+        self.scheduler.command(self.request, END, generation)
+
+    def cancel(self, generation: int) -> None:
+        self.stream.cancel(generation)
+        self.scheduler.command(self.request, CANCEL, generation)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.scheduler.command(self.request, CLOSE)
+
+    @property
+    def busy(self) -> bool:
+        req = self.request
+        return req.has_work or req.backlog_s > _EPSILON_S or bool(req.inbox) or self.stream.pending
+
+    @property
+    def pending_text(self) -> bool:
+        return bool(self.request.chunker.pending)
+
+    def _delivered(self, seconds: float) -> None:
+        self.request.delivered(seconds)
+        self.scheduler.flow(self.request)
+
+
+# Backlog counts seconds posted minus seconds delivered, each a sum of piece lengths: what is left
+# after everything was delivered is float rounding, not audio.
+_EPSILON_S = 1e-6
+
+
 def speak_through(core: EngineCore, text: str, voice: str = DEFAULT_VOICE, seed: int = DEFAULT_SEED,
                   speed: float = 1.0, copies: int = 1) -> tuple[float, float]:
     """Speak ``text`` through the core in this thread (warm-up, prewarm, calibration), as
-    ``copies`` requests at once (with different seeds after the first); the runner caches the
+    ``copies`` utterances at once (with different seeds after the first); the runner caches the
     chunks when it has a cache. Returns (seconds of audio, seconds it took)."""
-    outs: deque = deque()
-    reqs = [Request(voice, seed + i, speed, sink=outs.append, api="warmup") for i in range(copies)]
-    for req in reqs:
-        core.scheduler.add_request(req)
-        core.scheduler.command(req, TEXT, 0, text)
-        core.scheduler.command(req, END, 0)
-    t0, samples, finished = time.perf_counter(), 0, 0
+    sr = core.engine.sample_rate
+    utts = [InProcessUtterance(core.scheduler, UtteranceSpec(voice, seed + i, speed, api="warmup"),
+                               OutputStream(sr)) for i in range(copies)]
+    for utt in utts:
+        utt.text(0, text)
+        utt.end(0)
+    t0, seconds, finished = time.perf_counter(), 0.0, 0
     while finished < copies:
         core.step()
-        while outs:
-            out = outs.popleft()
-            if isinstance(out, AudioOut):
-                samples += len(out.audio)
-            elif isinstance(out, FailedOut):
-                raise RuntimeError(f"warm-up synthesis failed: {out.message}")
-            elif isinstance(out, FinishedOut):
-                finished += 1
-        for req in reqs:  # nobody listens: everything posted counts as taken
-            req.delivered(req.backlog_s)
-    return samples / core.engine.sample_rate, time.perf_counter() - t0
+        for utt in utts:  # nobody listens: everything is taken as it comes
+            while (event := utt.stream.next()) is not None:
+                utt.stream.delivered(event)
+                if isinstance(event, Audio) and not event.silence:
+                    seconds += event.seconds
+                elif isinstance(event, Failed):
+                    raise RuntimeError(f"warm-up synthesis failed: {event.message}")
+                elif isinstance(event, Done):
+                    finished += 1
+    return seconds, time.perf_counter() - t0
 
 
 class Worker:
     def __init__(self, scheduler: Scheduler, config, cache: Optional[PhraseCache] = None, metrics=None,
-                 engine: Optional[ModelPair] = None):
+                 engine: Optional[ModelPair] = None, lexicon: Optional[Lexicon] = None):
         self.scheduler = scheduler
+        self.lexicon = lexicon  # the user lexicon of this engine's frontend (None: none)
         self.config = config  # streamtts.server.config.ServerConfig
         self.cache = cache
         self.metrics = metrics
@@ -177,9 +230,9 @@ class Worker:
         sched_cfg = scheduler_config_for(
             self.engine, blocks=BlockSchedule(cfg.block_first, cfg.block_rest), max_batch=cfg.max_batch,
             vocode_frames=cfg.vocode_frames, max_buffered_s=cfg.max_buffered_s)
-        self.core = EngineCore(self.engine, None, sched_cfg, on_tick=self._on_tick, scheduler=self.scheduler)
-        warm_up()  # dictionaries of the text frontend (about a second)
-        preload()  # the chunker's word segmenter
+        self.core = EngineCore(self.engine, None, sched_cfg, on_tick=self._on_tick, scheduler=self.scheduler,
+                               lexicon=self.lexicon)
+        warm_up(self.lexicon)  # dictionaries of the text frontend and the lexicon's word segmenter
         speak_through(self.core, "你好。")  # first-call costs, not cached
         if not self.capacity:
             # several streams at once, as under load: batching makes each cheaper than alone
@@ -219,3 +272,63 @@ class Worker:
             m.cache_hits.inc(hits - self._hits)
             m.cache_misses.inc(misses - self._misses)
             self._hits, self._misses = hits, misses
+
+
+class InProcessEngineClient(EngineClient):
+    """The engine core in a thread of this process (:class:`Worker`), behind the client API."""
+
+    def __init__(self, config, cache: Optional[PhraseCache] = None, metrics=None,
+                 models: Optional[ModelPair] = None, lexicon: Optional[Lexicon] = None):
+        self.config = config  # streamtts.server.config.ServerConfig (or one with its fields)
+        self.scheduler = Scheduler()
+        self.worker = Worker(self.scheduler, config, cache, metrics, models, lexicon)
+        self.sample_rate = NATIVE_RATE
+        # until the engine is loaded (and its capacity known) sessions wait in the queue
+        self.admission = Admission(config.capacity or 1, config.queue_size, config.queue_timeout_s)
+
+    def start(self, on_ready: Optional[Callable[[], None]] = None) -> None:
+        try:
+            loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if not self.config.capacity:
+            self.admission.capacity = 0  # nobody is admitted before the capacity is measured
+
+        def ready() -> None:  # engine thread: capacity known, or loading failed (then let all see it)
+            capacity = self.worker.capacity if self.worker.failure is None else 1 << 20
+            if loop is not None:
+                loop.call_soon_threadsafe(self.admission.set_capacity, capacity)
+            else:
+                self.admission.set_capacity(capacity)
+            if on_ready is not None:
+                on_ready()
+
+        self.worker.on_ready = ready
+        self.worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.worker.stop(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self.worker.ready.is_set()
+
+    @property
+    def failure(self) -> Optional[str]:
+        return self.worker.failure
+
+    @property
+    def capacity(self) -> int:
+        return self.worker.capacity
+
+    @property
+    def name(self) -> str:
+        return self.worker.engine.name if self.worker.engine is not None else self.config.engine
+
+    def open(self, spec: UtteranceSpec, max_lead_s: float = 0.0, piece_s: float = FRAME_S) -> InProcessUtterance:
+        stream = OutputStream(self.sample_rate, max_lead_s=max_lead_s, piece_s=piece_s)
+        try:
+            stream.bind(asyncio.get_running_loop())
+        except RuntimeError:  # a caller without a loop reads with next() or drain()
+            pass
+        return InProcessUtterance(self.scheduler, spec, stream)
