@@ -38,6 +38,5 @@ def int8_engine(pack):
 @pytest.fixture(scope="session")
 def int8_server(pack):
     """``streamtts serve --engine onnx-int8 --vocoder melgan`` + INT8_SERVER_ARGS, for the session."""
-    pytest.importorskip("streamtts.server", reason="the server (streamtts.server) is not in this tree")
     with ProcessServer(*INT8_SERVER_ARGS, engine="onnx-int8", vocoder="melgan") as srv:
         yield srv
