@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamtts.core.engine_core import EngineCore
-from streamtts.core.outputs import AudioOut, FinishedOut
+from streamtts.core.outputs import AudioOut, FinishedOut, PauseOut
 from streamtts.core.request import END, TEXT, Request
 from streamtts.evaluation.metrics import corpus_error_rate
 from streamtts.evaluation.sentences import TEST_SENTENCES
@@ -46,7 +46,8 @@ def rates(pack, transcriber):
     from engines.registry import create_models
 
     speakers: dict[str, Speaker] = {}
-    cache: dict[tuple[str, str], tuple[float, list]] = {}
+    cache: dict[tuple[str, str, bool], tuple[float, list]] = {}
+    heard_audio: dict[tuple[str, str, bool], list[np.ndarray]] = {}
 
     def measure(engine: str, voice: str, batched: bool = False) -> tuple[float, list]:
         if (engine, voice, batched) not in cache:
@@ -62,7 +63,10 @@ def rates(pack, transcriber):
                 pairs.append((text, transcriber.transcribe(audio, speaker.sample_rate)))
             wrong = [(ref, hyp) for ref, hyp in pairs if ref.rstrip("。？！") not in hyp]
             cache[engine, voice, batched] = (corpus_error_rate(pairs), wrong)
+            heard_audio[engine, voice, batched] = audios
         return cache[engine, voice, batched]
+
+    measure.audio = heard_audio
 
     return measure
 
@@ -97,14 +101,27 @@ def spoken_at_once(engine, voice: str) -> list[np.ndarray]:
             req.delivered(req.backlog_s)
         core.step()
     assert max(rows) >= len(TEST_SENTENCES) // 2, "the sentences were not batched"
-    return [np.concatenate([o.audio for o in sink if isinstance(o, AudioOut)]) for sink in sinks]
+    return [np.concatenate([heard(o) for o in sink if isinstance(o, (AudioOut, PauseOut))]) for sink in sinks]
+
+
+def heard(out) -> np.ndarray:
+    """What a listener hears of one output: the audio, or the pause as silence (a clause run on
+    without its pause is harder to understand, and is not what a user gets)."""
+    return out.audio if isinstance(out, AudioOut) else np.zeros(out.samples, np.float32)
 
 
 @pytest.mark.parametrize("voice", SECOND_PASS_VOICES)
 def test_batched_speech_is_as_intelligible_as_solo(rates, voice):
+    """Batched rows give the solo audio (up to float rounding of other matrix shapes), so a
+    listener hears the same speech. Whisper itself flips a borderline syllable or two on audio that
+    differs only by that rounding, so the transcripts get the INT8 margin, not a syllable's."""
     solo, _ = rates("onnx-int8", voice)
     batched, wrong = rates("onnx-int8", voice, batched=True)
-    assert batched <= solo + 2 * SYLLABLE, f"{voice}: batched {batched:.1%} vs solo {solo:.1%}; misheard: {wrong}"
+    for text, a, b in zip(TEST_SENTENCES, rates.audio["onnx-int8", voice, False],
+                          rates.audio["onnx-int8", voice, True]):
+        assert len(a) == len(b), f"{text}: solo {len(a)} samples, batched {len(b)}"
+        assert np.abs(a - b).max() < 1e-3, f"{text}: batched audio is not the solo audio"
+    assert batched <= solo + INT8_MARGIN, f"{voice}: batched {batched:.1%} vs solo {solo:.1%}; misheard: {wrong}"
 
 
 def test_hifigan_is_no_worse_than_melgan(rates):
