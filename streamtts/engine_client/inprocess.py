@@ -4,7 +4,7 @@ thread); transports reach it only through :class:`InProcessEngineClient` and its
     client = InProcessEngineClient(config, cache=cache, metrics=metrics, models=None)  # None: per config
     client.start(on_ready)    # engine thread: loads, warms up, prewarms the cache, measures capacity, serves
     client.ready              # True once it serves; client.failure holds why it cannot (load, crash, stall)
-    client.capacity           # streams it can keep at real time (configured, or measured at start)
+    client.capacity           # streams it can keep at real time now (configured, or live: capacity.py)
     utt = client.open(UtteranceSpec("biaobei", api="ws"), max_lead_s=2.0)
     client.stop()             # ends the engine thread (joins it)
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,19 +25,21 @@ from engines.base import ModelPair
 from streamtts.constants import DEFAULT_SEED, NATIVE_RATE
 from streamtts.core.cache import PhraseCache
 from streamtts.core.engine_core import EngineCore, scheduler_config_for
-from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request
+from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, Request, Status
 from streamtts.core.scheduler import BlockSchedule, Plan, RunnerOutput, Scheduler
 from streamtts.text import warm_up
 from streamtts.text.lexicon import Lexicon
 from streamtts.engine_client.admission import Admission
+from streamtts.engine_client.capacity import CapacityEstimator, CapacityPolicy, Change, Measure
 from streamtts.engine_client.base import EngineClient, Utterance, UtteranceSpec
 from streamtts.engine_client.stream import FRAME_S, Audio, Done, Failed, OutputStream
 from streamtts.voices import DEFAULT_VOICE
 
 log = logging.getLogger(__name__)
 
-# Capacity measured at start: streams whose summed compute fits this share of the engine thread,
-# leaving room for the event loop, the text frontend and bursts.
+# Capacity: streams whose summed compute fits this share of the engine thread, leaving room for
+# the event loop, the text frontend and bursts. Calibrated at start at two batch sizes (one stream,
+# then several at once: batching makes each cheaper than alone), then followed live (capacity.py).
 CAPACITY_UTILIZATION = 0.8
 CALIBRATION_TEXT = "今天天气很好，我们一起去公园散步吧。欢迎使用流式语音合成。"
 CALIBRATION_STREAMS = 4
@@ -104,11 +107,17 @@ class InProcessUtterance(Utterance):
 _EPSILON_S = 1e-6
 
 
+class Interrupted(Exception):
+    """``speak_through`` gave up because ``abort()`` said so (its utterances are closed)."""
+
+
 def speak_through(core: EngineCore, text: str, voice: str = DEFAULT_VOICE, seed: int = DEFAULT_SEED,
-                  speed: float = 1.0, copies: int = 1) -> tuple[float, float]:
+                  speed: float = 1.0, copies: int = 1,
+                  abort: Optional[Callable[[], bool]] = None) -> tuple[float, float]:
     """Speak ``text`` through the core in this thread (warm-up, prewarm, calibration), as
     ``copies`` utterances at once (with different seeds after the first); the runner caches the
-    chunks when it has a cache. Returns (seconds of audio, seconds it took)."""
+    chunks when it has a cache. Returns (seconds of audio, seconds it took). ``abort`` is asked
+    after every tick: True closes the utterances and raises :class:`Interrupted`."""
     sr = core.engine.sample_rate
     utts = [InProcessUtterance(core.scheduler, UtteranceSpec(voice, seed + i, speed, api="warmup"),
                                OutputStream(sr)) for i in range(copies)]
@@ -118,6 +127,10 @@ def speak_through(core: EngineCore, text: str, voice: str = DEFAULT_VOICE, seed:
     t0, seconds, finished = time.perf_counter(), 0.0, 0
     while finished < copies:
         core.step()
+        if abort is not None and abort():
+            for utt in utts:
+                utt.close()
+            raise Interrupted()
         for utt in utts:  # nobody listens: everything is taken as it comes
             while (event := utt.stream.next()) is not None:
                 utt.stream.delivered(event)
@@ -128,6 +141,24 @@ def speak_through(core: EngineCore, text: str, voice: str = DEFAULT_VOICE, seed:
                 elif isinstance(event, Done):
                     finished += 1
     return seconds, time.perf_counter() - t0
+
+
+def cpu_wait_s() -> Optional[float]:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat,
+    summed over threads: other processes competing for the cores show here, not in CPU time);
+    None where the platform does not say."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
 
 
 class Worker:
@@ -141,6 +172,12 @@ class Worker:
         self.engine = engine
         self.core: Optional[EngineCore] = None
         self.capacity = config.capacity or 0
+        # --capacity N pins it; otherwise it is calibrated at start and followed live
+        self.estimator = CapacityEstimator(CapacityPolicy(utilization=CAPACITY_UTILIZATION),
+                                           pinned=config.capacity or None)
+        # called (engine thread) with each new capacity once it serves: admission takes it
+        self.on_capacity: Optional[Callable[[int], None]] = None
+        self._measuring = False  # calibration ticks are not the live load
         self._hits = self._misses = 0
         # called once it serves, or once it cannot (load failure, crash, stall): see `failure`
         self.on_ready: Optional[Callable[[], None]] = None
@@ -183,7 +220,8 @@ class Worker:
         failed = 0
         while not self._stop.is_set() and self.failure is None:
             try:
-                self.core.step(timeout=0.5)
+                if not self.core.step(timeout=0.5) and self.estimator.remeasure_due(time.monotonic()):
+                    self._remeasure()
                 failed = 0
             except Exception as exc:
                 failed += 1
@@ -235,11 +273,8 @@ class Worker:
         warm_up(self.lexicon)  # dictionaries of the text frontend and the lexicon's word segmenter
         speak_through(self.core, "你好。")  # first-call costs, not cached
         if not self.capacity:
-            # several streams at once, as under load: batching makes each cheaper than alone
-            audio_s, took_s = speak_through(self.core, CALIBRATION_TEXT, copies=CALIBRATION_STREAMS)
-            self.capacity = max(1, int(CAPACITY_UTILIZATION * audio_s / max(took_s, 1e-6)))
-            log.info("capacity: %d streams (RTF %.3f of %d streams at once, measured at start; --capacity "
-                     "sets it)", self.capacity, took_s / max(audio_s, 1e-6), CALIBRATION_STREAMS)
+            # one stream, then several at once: two batch sizes give the model its shared cost
+            self._calibrate((1, CALIBRATION_STREAMS))
         self.core.runner.cache = self.cache
         if self.cache is not None:
             self._hits, self._misses = self.cache.hits, self.cache.misses
@@ -252,10 +287,86 @@ class Worker:
                     log.warning("prewarm: %r: %s", phrase, exc)
             log.info("prewarmed %d phrases (%d cache entries)", len(phrases), len(self.cache or ()))
 
-    def _on_tick(self, plan: Plan, out: RunnerOutput) -> None:
-        m = self.metrics
-        if m is None:
+    # ---- capacity -----------------------------------------------------------------------------
+    def _calibrate(self, sizes, abort: Optional[Callable[[], bool]] = None) -> None:
+        """Speak the calibration text at each batch size in ``sizes`` on this (idle) engine and
+        give the estimator the result. Raises Interrupted when ``abort`` says so."""
+        measures = []
+        self._measuring = True
+        try:
+            for copies in sizes:
+                wait0 = cpu_wait_s()
+                audio_s, took_s = speak_through(self.core, CALIBRATION_TEXT, copies=copies, abort=abort)
+                wait1 = cpu_wait_s()
+                waited = None if wait0 is None or wait1 is None else max(0.0, wait1 - wait0)
+                measures.append(Measure(copies, audio_s, took_s, waited))
+        finally:
+            self._measuring = False
+        self._apply(self.estimator.measured(time.monotonic(), measures), measures)
+
+    def _remeasure(self) -> None:
+        """The engine is idle and its figure was made under load (or ticks lowered it): calibrate
+        again, without the phrase cache (cached audio costs nothing). Work arriving meanwhile ends
+        the measure at once; it shares the ticks until then."""
+        cache, self.core.runner.cache = self.core.runner.cache, None
+        sched = self.scheduler
+        try:
+            self._calibrate((CALIBRATION_STREAMS,), abort=lambda: any(
+                r.api != "warmup" and (r.has_work or r.inbox) for r in sched.requests.values()))
+        except Interrupted:
+            self.estimator.measure_failed(time.monotonic())
+            log.debug("capacity re-measure given up: work arrived")
+        except Exception:  # a measure is optional: serving goes on with the figure it has
+            self.estimator.measure_failed(time.monotonic())
+            log.warning("capacity re-measure failed", exc_info=True)
+        finally:
+            self.core.runner.cache = cache
+
+    def _apply(self, change: Optional[Change], measures=()) -> None:
+        """Publish a new capacity: /ready and the gauge read it here, admission on its loop."""
+        if change is None:
             return
+        self.capacity = change.capacity
+        if change.capacity == change.previous:  # a calibration that confirmed the figure
+            log.info("capacity: %d streams, unchanged: %s (%s)", change.capacity, change.reason,
+                     "; ".join(f"{m.streams} at once: RTF {m.cost:.3f}" for m in measures))
+            return
+        if measures:
+            detail = "; ".join(f"{m.streams} at once: RTF {m.cost:.3f}" for m in measures)
+            log.info("capacity: %d streams (was %d): %s (%s; --capacity pins it)", change.capacity,
+                     change.previous, change.reason, detail)
+        else:
+            log.info("capacity: %d streams (was %d): %s", change.capacity, change.previous, change.reason)
+        if not self.ready.is_set():
+            return  # on_ready hands admission the figure
+        if self.metrics is not None:
+            self.metrics.capacity.set(change.capacity)
+        if self.on_capacity is not None:
+            self.on_capacity(change.capacity)
+
+    def _feed(self, plan: Plan, out: RunnerOutput) -> None:
+        """The tick, to the capacity estimator: its time, the audio it synthesized (vocoded rows
+        only: phrase-cache hits cost nothing), the streams with work, and the least audio any
+        playing stream has left ahead of its listener."""
+        now = time.monotonic()
+        vocoded = {rid for rid, _ in plan.vocode}
+        frames = sum(r.frames for rid, r in out.rows.items() if rid in vocoded)
+        audio_s = frames * self.engine.vocoder.hop_length / self.engine.sample_rate
+        streams, slack = 0, None
+        for req in self.scheduler.requests.values():
+            if req.has_work:
+                streams += 1
+                if req.produced_s > 0 and req.status is Status.RUNNING:
+                    left = req.deadline - now
+                    slack = left if slack is None else min(slack, left)
+        self._apply(self.estimator.tick(now, out.seconds, audio_s, max(1, streams), slack))
+
+    def _on_tick(self, plan: Plan, out: RunnerOutput) -> None:
+        if not self._measuring:
+            self._feed(plan, out)
+        m = self.metrics
+        if m is None or (self._measuring and self.ready.is_set()):
+            return  # an idle re-measure is not traffic
         frames = sum(r.frames for r in out.rows.values())
         audio_s = frames * self.engine.vocoder.hop_length / self.engine.sample_rate
         m.audio_seconds.inc(audio_s)
@@ -303,7 +414,16 @@ class InProcessEngineClient(EngineClient):
             if on_ready is not None:
                 on_ready()
 
+        def capacity_changed(capacity: int) -> None:  # engine thread, once it serves
+            if self.worker.failure is not None:
+                return
+            if loop is not None:
+                loop.call_soon_threadsafe(self.admission.set_capacity, capacity)
+            else:
+                self.admission.set_capacity(capacity)
+
         self.worker.on_ready = ready
+        self.worker.on_capacity = capacity_changed
         self.worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:

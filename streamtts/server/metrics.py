@@ -37,7 +37,8 @@ class Metrics:
                                      "included)", registry=r)
         self.requests = Counter("streamtts_requests", "Sessions and HTTP speech requests started", ["api"],
                                 registry=r)
-        self.capacity = Gauge("streamtts_capacity", "Streams admitted at once (configured or measured)", registry=r)
+        self.capacity = Gauge("streamtts_capacity", "Streams admitted at once (configured, or live: what the engine "
+                              "keeps at real time now)", registry=r)
         self.admitted = Gauge("streamtts_admitted", "Streams holding a slot now", registry=r)
         self.queued = Gauge("streamtts_queued", "WebSocket sessions waiting for a slot", registry=r)
         self.refused = Counter("streamtts_refused", "Sessions and requests refused for capacity (server_busy)",

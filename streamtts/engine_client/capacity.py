@@ -1,0 +1,255 @@
+"""Live capacity: how many streams the engine can keep at real time now, from what it does.
+
+Pure policy (no I/O, no threads, no tensors; the caller passes the clock), fed by the engine
+thread::
+
+    est = CapacityEstimator(CapacityPolicy())            # or CapacityEstimator(pinned=8): never changes
+    est.measured(now, [Measure(1, audio_s, took_s, wait), Measure(4, ...)])   # calibration, at start
+    change = est.tick(now, compute_s, audio_s, streams, slack_s)            # every engine tick
+    if est.remeasure_due(now): ...speak a calibration on the idle engine, then est.measured(...)
+    est.capacity                                         # streams to admit; never below 1
+
+The model. A stream at real time consumes one second of audio a second, so N streams need
+``N * k(N)`` of the engine thread, where ``k(n)`` is the compute per second of audio while ``n``
+streams share the engine. Batching spreads a tick's fixed cost over the rows that share it, so
+``k(n) = p + f / n``: a per-stream cost ``p`` and a shared cost ``f``, i.e. N streams cost
+``p * N + f``, up to the largest calibrated batch; beyond it the cost per stream is taken as
+flat (no batching gain is assumed that was not seen). The shape (``p``, ``f``) comes from the last calibration, spoken at two batch sizes
+on an idle engine; the level comes from the ticks: ``s`` = compute the ticks took over the
+compute the shape predicts for the audio they made, in a window that decays with
+``half_life_s`` (the calibration counts in it as ticks of its own, so the first live ticks do not
+swing it). Slower ticks (other processes taking the CPU, longer texts, a slower vocoder path)
+raise ``s``. The capacity is the largest N with ``s * (p * N + f) <= utilization``.
+
+Changes, so that admission does not oscillate: the estimate must stay below the capacity by
+more than ``lower_tolerance`` (a share of the utilization's headroom, which tick-time noise
+would otherwise eat into) for ``lower_after_s`` of ticks before it is lowered (at once, to the
+estimate), and above capacity + 1 + ``raise_margin`` for ``raise_after_s`` before it is raised,
+by one. Independently of the
+model, an engine thread busy for ``saturated`` of the last ``busy_window_s`` while a running
+stream has less than ``low_slack_s`` of audio ahead of its listener is overloaded: held for
+``lower_after_s``, that lowers the capacity by one and blocks raising for ``overload_cooldown_s``.
+Lowering only stops new admissions; admitted streams keep their slots.
+
+An idle engine has no ticks, so a figure made under load would stay. A calibration whose
+process waited for a CPU for more than ``contended`` of its wall time (other processes competed),
+or whose wait is unknown, or a capacity that ticks lowered since the last calibration, is
+suspect: once the engine has been idle for ``idle_s`` and ``remeasure_after_s`` has passed since
+that calibration, the caller speaks a calibration again. Each suspect result doubles the wait
+(up to ``remeasure_max_s``); a clean one ends re-measuring until ticks lower the figure again. So
+a quiet machine never re-measures, and a loaded one spends one short calibration per
+``remeasure_max_s`` at most.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One calibration point: ``streams`` utterances spoken at once, flat out, on an idle engine;
+    ``audio_s`` of audio in ``took_s`` of wall time. ``cpu_wait_s``: time this process's threads
+    spent runnable but waiting for a CPU meanwhile (None: the platform does not say)."""
+
+    streams: int
+    audio_s: float
+    took_s: float
+    cpu_wait_s: Optional[float] = None
+
+    @property
+    def cost(self) -> float:
+        """Compute seconds per second of audio."""
+        return self.took_s / max(self.audio_s, 1e-9)
+
+    @property
+    def contended(self) -> Optional[float]:
+        """Share of the wall time spent waiting for a CPU (None: unknown)."""
+        return None if self.cpu_wait_s is None else self.cpu_wait_s / max(self.took_s, 1e-9)
+
+
+@dataclass
+class CapacityPolicy:
+    utilization: float = 0.8  # share of the engine thread admitted streams may use (events, bursts)
+    half_life_s: float = 4.0  # of the tick window: short to follow load, long enough for one slow tick
+    lower_tolerance: float = 0.15  # lowered when the estimate is below capacity / (1 + this)
+    lower_after_s: float = 3.0  # a lower estimate held this long (with ticks) lowers the capacity
+    raise_after_s: float = 15.0  # a higher one held this long raises it, by one stream
+    raise_margin: float = 0.25  # of a stream: the next capacity must fit with this much to spare
+    busy_window_s: float = 2.0  # the engine thread's busy share is taken over this much wall time
+    saturated: float = 0.95  # busy share above which the engine has no headroom left
+    low_slack_s: float = 0.5  # a running stream with less audio ahead than this is about to run dry
+    overload_cooldown_s: float = 60.0  # after an overload, no raise for this long
+    contended: float = 0.1  # a calibration that waited for a CPU more than this share is suspect
+    idle_s: float = 5.0  # re-measure only after the engine has had no tick for this long
+    remeasure_after_s: float = 10.0  # first wait after a suspect calibration; doubles each time
+    remeasure_max_s: float = 600.0
+    max_capacity: int = 1024
+
+
+@dataclass(frozen=True)
+class Change:
+    capacity: int
+    previous: int
+    reason: str
+
+
+class CapacityEstimator:
+    def __init__(self, policy: Optional[CapacityPolicy] = None, pinned: Optional[int] = None):
+        self.policy = policy or CapacityPolicy()
+        self.pinned = max(1, int(pinned)) if pinned else None
+        self.capacity = self.pinned or 0  # 0 until the first calibration; from then on at least 1
+        self.p, self.f = 1.0, 0.0  # shape: N streams cost p * N + f of the engine, before the level s
+        self.n_max = 1  # the largest batch calibrated: no batching gain is extrapolated beyond it
+        self._st = self._sk = 0.0  # decayed: compute the ticks took, compute the shape predicts
+        self._t = None  # time the sums were last decayed to
+        self._busy: deque = deque()  # (time, compute) of recent ticks
+        self._low_since = self._high_since = self._overload_since = None
+        self._no_raise_until = -math.inf
+        self.last_tick = -math.inf
+        self.last_measure: Optional[float] = None
+        self.suspect = False  # the figure may be an artifact of load that has gone
+        self._wait = self.policy.remeasure_after_s
+
+    # ---- the model ----------------------------------------------------------------------------
+    def cost(self, streams: float) -> float:
+        """Predicted compute per second of audio with ``streams`` sharing the engine, before the
+        level: ``p + f / streams``, flat beyond the largest calibrated batch."""
+        return self.p + self.f / min(max(1.0, streams), self.n_max)
+
+    @property
+    def level(self) -> float:
+        """Observed compute over predicted compute (1: as calibrated; 2: ticks take twice as long)."""
+        return self._st / self._sk if self._sk > 0 else 1.0
+
+    @property
+    def estimate(self) -> float:
+        """Streams the engine keeps at real time now, with the utilization's headroom (a real)."""
+        budget = self.policy.utilization / self.level  # of the engine, in calibrated compute
+        beyond = budget / self.cost(self.n_max)  # streams, if at least the largest calibrated batch
+        if beyond >= self.n_max:
+            return beyond
+        return max(0.0, (budget - self.f) / self.p)
+
+    def _target(self) -> int:
+        return int(min(self.policy.max_capacity, max(1, math.floor(self.estimate + 1e-9))))
+
+    def _decay(self, now: float) -> None:
+        if self._t is not None and now > self._t:
+            k = 0.5 ** ((now - self._t) / self.policy.half_life_s)
+            self._st *= k
+            self._sk *= k
+        self._t = now if self._t is None else max(self._t, now)
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def measured(self, now: float, measures: Sequence[Measure]) -> Optional[Change]:
+        """A calibration on the idle engine (its result, even when the capacity stays; None when
+        pinned or empty): the shape from its points (two batch sizes fit both
+        costs; one point keeps the shared share of the last shape), the window restarted from it,
+        and the capacity set to what it gives, up or down (nobody is waiting on an idle engine's
+        decision, and a deliberate measure is the best evidence there is)."""
+        pts = [m for m in measures if m.audio_s > 0 and m.took_s > 0]
+        if not pts or self.pinned:
+            return None
+        pts.sort(key=lambda m: m.streams)
+        lo, hi = pts[0], pts[-1]
+        if hi.streams > lo.streams:
+            f = (lo.cost - hi.cost) / (1 / lo.streams - 1 / hi.streams)
+            p = hi.cost - f / hi.streams
+            if f < 0:  # batching cannot make a stream dearer: noise; take the dearer point
+                p, f = max(lo.cost, hi.cost), 0.0
+        else:  # keep the last shape's split between shared and per-stream cost
+            share = self.f / (self.p * hi.streams + self.f) if self.p > 0 else 0.0
+            p, f = hi.cost * (1 - share), hi.cost * share * hi.streams
+        floor_p = hi.cost / 4  # a shared cost is never the whole cost: keep the per-stream part real
+        if p < floor_p:
+            p, f = floor_p, (hi.cost - floor_p) * hi.streams
+        self.p, self.f = p, f
+        self.n_max = max(self.n_max if hi.streams == lo.streams else 1, hi.streams)
+        self._t = now
+        self._st = sum(m.took_s for m in pts)  # the calibration's ticks, as the window's first
+        self._sk = sum(m.audio_s * self.cost(m.streams) for m in pts)
+        self._low_since = self._high_since = self._overload_since = None
+        waits = [m.contended for m in pts]
+        busy = any(w is None or w > self.policy.contended for w in waits)
+        first = self.last_measure is None
+        self.last_measure = now
+        self.suspect = busy
+        self._wait = min(self.policy.remeasure_max_s, self._wait * 2) if busy and not first else \
+            self.policy.remeasure_after_s
+        shown = ", ".join("unknown" if w is None else f"{w:.0%}" for w in waits)
+        previous = self.capacity
+        self._set(self._target(), "")
+        return Change(self.capacity, previous, f"calibrated, waited for a CPU: {shown}"
+                      + (" (suspect: measured again when idle)" if busy else ""))
+
+    def tick(self, now: float, compute_s: float, audio_s: float, streams: int,
+             slack_s: Optional[float] = None) -> Optional[Change]:
+        """One engine tick: ``compute_s`` of wall time that made ``audio_s`` of synthesized audio
+        (phrase-cache audio excluded: it costs nothing, and the next stream may not hit it) while
+        ``streams`` requests had work; ``slack_s``: the least audio any running stream has ahead of
+        its listener (None: no stream is playing yet). A capacity change, if any."""
+        p = self.policy
+        self.last_tick = now
+        if self.pinned:
+            return None
+        self._decay(now)
+        self._st += compute_s
+        self._sk += audio_s * self.cost(streams)
+        self._busy.append((now, compute_s))
+        while self._busy and self._busy[0][0] < now - p.busy_window_s:
+            self._busy.popleft()
+        busy = sum(c for _, c in self._busy) / p.busy_window_s
+        overloaded = busy >= p.saturated and slack_s is not None and slack_s < p.low_slack_s
+        target = self._target()
+
+        if overloaded:
+            self._overload_since = now if self._overload_since is None else self._overload_since
+        else:
+            self._overload_since = None
+        if self._overload_since is not None and now - self._overload_since >= p.lower_after_s \
+                and self.capacity > 1:
+            self._overload_since = None
+            self._no_raise_until = now + p.overload_cooldown_s
+            return self._set(min(self.capacity - 1, target), "overloaded: streams about to run dry",
+                             lowered=True)
+
+        if self.estimate * (1 + p.lower_tolerance) < self.capacity:
+            self._high_since = None
+            self._low_since = now if self._low_since is None else self._low_since
+            if now - self._low_since >= p.lower_after_s:
+                self._low_since = None
+                return self._set(target, "ticks slower", lowered=True)
+            return None
+        self._low_since = None
+        if self.estimate >= self.capacity + 1 + p.raise_margin and now >= self._no_raise_until \
+                and self.capacity < p.max_capacity:
+            self._high_since = now if self._high_since is None else self._high_since
+            if now - self._high_since >= p.raise_after_s:
+                self._high_since = now  # the next step up waits as long again
+                return self._set(self.capacity + 1, "ticks faster")
+        else:
+            self._high_since = None
+        return None
+
+    def remeasure_due(self, now: float) -> bool:
+        """The engine is idle and its figure is suspect and old enough: speak a calibration."""
+        p = self.policy
+        return (not self.pinned and self.suspect and self.last_measure is not None
+                and now - self.last_tick >= p.idle_s and now - self.last_measure >= self._wait)
+
+    def measure_failed(self, now: float) -> None:
+        """A re-measure was given up (work arrived): try again after the usual wait."""
+        self.last_measure = now
+
+    def _set(self, capacity: int, reason: str, lowered: bool = False) -> Optional[Change]:
+        capacity = int(min(self.policy.max_capacity, max(1, capacity)))
+        if lowered:
+            self.suspect = True  # an idle engine checks whether the cause has gone
+        if capacity == self.capacity:
+            return None
+        previous, self.capacity = self.capacity, capacity
+        return Change(capacity, previous, reason)
