@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, default=0, metavar="N",
                    help="streams admitted at once (default 0: measured at start); more wait in a queue")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
-                   help="WebSocket sessions that may wait for a slot (default 16); beyond: server_busy")
+                   help="utterances (any transport) that may wait for a slot (default 16); beyond: server_busy")
     p.add_argument("--queue-timeout", type=float, default=30.0, metavar="S",
                    help="longest wait in the queue before server_busy (default 30 s)")
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="rows in one decoder call (default 64)")

@@ -37,7 +37,10 @@ READ_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def server(torch_engine):
-    config = ServerConfig(port=0, static_dir=None, capacity=2, cache_bytes=0, wyoming_port=0, idle_timeout_s=3.0)
+    # no admission queue: beyond the two slots a synthesis is refused at once (the queue, where it
+    # waits instead, is tested in tests/test_queued_admission.py)
+    config = ServerConfig(port=0, static_dir=None, capacity=2, queue_size=0, cache_bytes=0, wyoming_port=0,
+                          idle_timeout_s=3.0)
     with ThreadServer(config, torch_engine) as srv:
         srv.wyoming_port = srv.app[WYOMING].port
         yield srv
@@ -290,12 +293,15 @@ def test_client_closing_mid_stream_frees_its_slot(server):
         time.sleep(0.05)
 
 
-def test_busy_when_every_slot_is_taken(server):
+def test_busy_when_every_slot_is_taken_and_there_is_no_queue(server):
     async def go():
         async with client(server) as a, client(server) as b, client(server) as c:
             for holder in (a, b):  # two open streams hold the server's two slots
                 await holder.write_event(SynthesizeStart().event())
-            await asyncio.sleep(0.2)
+            deadline = time.monotonic() + READ_TIMEOUT
+            while server.state.engine.admission.admitted < 2:
+                assert time.monotonic() < deadline, "the streams were not admitted"
+                await asyncio.sleep(0.01)
             await c.write_event(Synthesize(text="你好。").event())
             busy = Error.from_event(await read(c)).code
             for holder in (a, b):

@@ -6,8 +6,10 @@ wait runs out, or the caller does not queue and no slot is free::
     admission = Admission(capacity=8, queue_size=16, queue_timeout_s=30.0)
     async with admission.slot(queue=True, on_position=session.queued):   # WebSocket: waits in line
         ...
-    async with admission.slot(queue=False):                               # HTTP: a slot now or Busy
+    async with admission.slot(queue=False):                               # a slot now or Busy
         ...
+    slot = await admission.wait_unless(stop)  # HTTP, Wyoming: waits in line unless stop() returns
+                                              # an exception (client gone, drain), then raises it
     slot = admission.take()          # a slot now or Busy, for a holder that gives it back later
     slot.release()                   # idempotent
 
@@ -109,6 +111,28 @@ class Admission:
             raise
         return Slot(self)
 
+    async def wait_unless(self, stop: Callable[[], Optional[BaseException]], poll_s: float = 0.1,
+                          on_position: Optional[Callable[[int], None]] = None) -> Slot:
+        """:meth:`wait`, for a caller that nobody cancels when its client leaves (an HTTP handler, a
+        Wyoming synthesis): every ``poll_s`` it asks ``stop()``, and an exception returned there
+        ends the wait, its place going to the next in line, and is raised."""
+        if self.admitted < self.capacity and not self._waiting:
+            return self._grant()
+        waiter = asyncio.ensure_future(self.wait(on_position))
+        try:
+            while True:
+                await asyncio.wait({waiter}, timeout=poll_s)
+                if waiter.done():
+                    return waiter.result()
+                exc = stop()
+                if exc is not None:
+                    raise exc
+        except BaseException:
+            if not waiter.done():
+                waiter.cancel()  # wait() leaves the queue, or hands a slot granted meanwhile on
+            waiter.add_done_callback(_give_back)
+            raise
+
     @contextlib.asynccontextmanager
     async def slot(self, queue: bool = True,
                    on_position: Optional[Callable[[int], None]] = None) -> AsyncIterator[Slot]:
@@ -155,3 +179,9 @@ class Admission:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+def _give_back(waiter: asyncio.Future) -> None:
+    """A wait nobody takes the result of: its slot, if it got one, goes back (and its Busy is read)."""
+    if not waiter.cancelled() and waiter.exception() is None:
+        waiter.result().release()

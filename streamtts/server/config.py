@@ -29,9 +29,10 @@ class ServerConfig:
     # Requests without an Origin header (not from a browser) are always allowed.
     allowed_origins: tuple[str, ...] = ()
     max_sessions: int = 64  # open WebSocket sessions (queued ones included) + HTTP speech requests
-    # Streams admitted at once (0: measured at start from the engine's speed). Beyond it a
-    # WebSocket session waits in a queue of `queue_size` (told its position) for up to
-    # `queue_timeout_s`, else is refused with `server_busy`; HTTP gets 503 with Retry-After.
+    # Streams admitted at once (0: measured at start from the engine's speed). Beyond it an
+    # utterance of any transport waits in a queue of `queue_size` (a WebSocket one told its
+    # position) for up to `queue_timeout_s`, else is refused with `server_busy` (HTTP: 503 with
+    # Retry-After).
     capacity: int = 0
     queue_size: int = 16
     queue_timeout_s: float = 30.0

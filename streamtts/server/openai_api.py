@@ -12,6 +12,11 @@ The body is checked by :mod:`streamtts.server.openai_request`, encoded by
 :mod:`streamtts.audio.encoders` (``stream_format: "sse"`` wraps it in :mod:`streamtts.server.sse`
 events). Every response of the endpoint, errors too, carries ``x-request-id``.
 
+Admission: as a WebSocket utterance, a request that finds every stream slot taken waits in the
+server's bounded queue (its wait counts in its time to first audio); a full queue or a wait that
+runs out is a 503 ``server_busy`` with ``Retry-After``. A client that goes away while queued gives
+its place up at once, and a drain ends the wait with ``going_away``.
+
 Pacing: the utterance's output stream (:mod:`streamtts.engine_client.stream`) keeps it at most
 ``max_lead_s`` of audio ahead of its listener's real-time clock, the socket's send buffers are
 capped, and audio counts as delivered only once it is written, so flow control (pause at
@@ -87,13 +92,53 @@ async def _handle(request: web.Request, rid: str) -> web.StreamResponse:
         if not admitted:
             return http_error("too_many_sessions", f"the server is at its limit of "
                               f"{state.config.max_sessions} sessions; try again later", metrics=metrics)
-        try:  # OpenAI clients retry by themselves: a slot now, or 503 with Retry-After
-            async with state.engine.admission.slot(queue=False):
-                return await _stream(request, state, sp, rid)
-        except Busy as exc:
+        t0 = time.monotonic()  # the wait for a slot counts in the time to first audio
+        try:  # as a WebSocket utterance: a slot now, or a wait in the bounded queue
+            slot = await state.engine.admission.wait_unless(lambda: _stop_waiting(request, state), _POLL_S)
+        except Busy as exc:  # the queue is full or the wait ran out: 503, and the client retries
             metrics.refused.labels(api="http").inc()
             return http_error("server_busy", exc.message, metrics=metrics,
                               headers={"Retry-After": str(int(exc.retry_after_s))})
+        except _Refused as exc:
+            return http_error(exc.code, exc.message, metrics=metrics)
+        except ConnectionResetError:  # nobody to answer; its place in the queue is given up
+            log.debug("speech request %s: the client went away while queued", rid)
+            return web.Response(status=499, reason="Client Closed Request")
+        try:
+            if state.draining:  # a slot freed by the drain itself: no new work now
+                return http_error("going_away", _GOING_AWAY, metrics=metrics)
+            if state.engine.failure is not None:
+                return http_error("engine_unavailable", engine_unavailable(state), metrics=metrics)
+            return await _stream(request, state, sp, rid, t0)
+        finally:
+            slot.release()
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+_GOING_AWAY = "the server is shutting down"
+
+
+def _stop_waiting(request: web.Request, state) -> Optional[BaseException]:
+    """Why a request waiting for a slot stops waiting: the server drains (``going_away`` at once,
+    not at the drain's end), the engine failed, or its client went away (its place goes to the
+    next in line)."""
+    if state.draining:
+        return _Refused("going_away", _GOING_AWAY)
+    if state.engine.failure is not None:
+        return _Refused("engine_unavailable", engine_unavailable(state))
+    if _gone(request):
+        return ConnectionResetError("the client went away while queued")
+    return None
 
 
 def speak_input(utt: Utterance, text: str) -> None:
@@ -113,8 +158,7 @@ class _Body:
         self._get: Optional[asyncio.Future] = None  # the stream read in progress
 
     def gone(self) -> bool:
-        transport = self.request.transport
-        return transport is None or transport.is_closing()
+        return _gone(self.request)
 
     def cap_send_buffer(self) -> None:
         transport = self.request.transport
@@ -157,13 +201,12 @@ class _Body:
         return self._get
 
 
-async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str) -> web.StreamResponse:
+async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str, t0: float) -> web.StreamResponse:
     # The stream paces audio to the listener's clock; what waits in it and in the socket's
     # buffers is the utterance's backlog, which pauses its synthesis at max_buffered_s.
     utt = state.engine.open(UtteranceSpec(sp.voice, DEFAULT_SEED, sp.speed, api="http"),
                             max_lead_s=state.config.max_lead_s)
     stream, metrics = utt.stream, state.metrics
-    t0 = time.monotonic()
     speak_input(utt, sp.text)
     metrics.requests.labels(api="http").inc()
     gauge = metrics.active_sessions.labels(api="http")

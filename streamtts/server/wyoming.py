@@ -16,6 +16,10 @@ Per connection (docs/protocol.md, "Wyoming"):
   Assistant repeats for servers without streaming: it is not spoken again.
 * Bad input gets an ``error`` event with a ``code`` and the connection goes on; an unreadable
   frame gets one and the connection is closed (its framing is lost).
+* A synthesis that finds every stream slot taken waits in the server's bounded queue, as a
+  WebSocket utterance does (nothing is sent meanwhile; its text is kept until it is admitted). A
+  full queue or a wait that runs out gets a ``server_busy`` error event, a drain ``going_away``;
+  the connection goes on. One synthesis at a time per connection, in the order asked.
 
 Why ``asyncio.start_server`` with wyoming's ``async_read_event``/``async_write_event`` rather than
 wyoming's ``AsyncServer``/``AsyncEventHandler``: the handler base awaits each event before it reads
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from aiohttp import web
@@ -53,6 +57,7 @@ from streamtts.voices import DEFAULT_VOICE, VOICES, resolve_voice
 
 log = logging.getLogger(__name__)
 
+_GOING_AWAY = "the server is shutting down"
 WIDTH, CHANNELS = 2, 1  # s16le mono, at NATIVE_RATE for every cycle of a connection
 LANGUAGE = "zh_CN"
 _VOICE_ATTRIBUTION = Attribution(name="kuangdd (ttskit 0.3.8, MIT)", url="https://pypi.org/project/ttskit/")
@@ -141,13 +146,17 @@ class _BoundedReader:
 
 @dataclass(eq=False)
 class _Synthesis:
-    """One synthesis (a ``synthesize``, or a stream): its utterance and its stream slot."""
+    """One synthesis (a ``synthesize``, or a stream): its stream slot and utterance, once admitted."""
 
-    utt: Utterance  # its output stream is bounded by flow control (max_buffered_s)
-    slot: Slot
+    voice: str
     streaming: bool
     text_format: object = None
-    t0: Optional[float] = None  # when its first text went to the core (TTFA)
+    slot: Optional[Slot] = None
+    utt: Optional[Utterance] = None  # its output stream is bounded by flow control (max_buffered_s)
+    pending: list[str] = field(default_factory=list)  # text that came while it waited for a slot
+    ended: bool = False  # the end of its text was asked
+    refused: bool = False  # no slot came (an error was sent): its text is dropped
+    t0: Optional[float] = None  # when its first text came (TTFA: a wait for a slot counts)
     chars: int = 0
 
 
@@ -195,7 +204,8 @@ class WyomingServer:
 
     def drain_step(self, final: bool = False) -> bool:
         """Server shutdown: end connections with no synthesis under way (all, when ``final``);
-        True while some synthesis is still under way."""
+        True while some synthesis is still under way. A synthesis waiting for a slot sees the
+        drain itself (a ``going_away`` error), after which its connection is ended here."""
         busy = False
         for conn, task in list(self.connections.items()):
             if final or not conn._busy():
@@ -293,11 +303,14 @@ class Connection:
         return None
 
     def _busy(self) -> bool:
-        """Audio under way (to be made or not yet taken): the client is listening, not idling. A
-        stream left open with nothing to say is idle."""
+        """Audio under way (to be made or not yet taken, or waited for in the queue, which its
+        timeout bounds): the client is listening, not idling. A stream left open with nothing to
+        say is idle."""
         syn = self.current
         if syn is None or self.task is None or self.task.done():
             return False
+        if syn.utt is None:
+            return True
         return not syn.streaming or syn.utt.busy
 
     async def _handle(self, event: Event) -> None:
@@ -329,7 +342,7 @@ class Connection:
         await self._idle()
         syn = self._admit(voice, streaming=False, text_format=request.text_format)
         self._push(syn, pieces)
-        syn.utt.end(0)
+        self._end(syn)
 
     async def _stream_start(self, event: Event) -> None:
         if self.stream_open:
@@ -348,8 +361,8 @@ class Connection:
             raise ProtocolError("no_stream", "synthesize-chunk without synthesize-start")
         text = _parse(SynthesizeChunk, event).text
         syn = self.stream
-        if syn is None:
-            return  # the stream was refused at its start (an error was sent then)
+        if syn is None or syn.refused:
+            return  # the stream was refused (an error was sent then)
         try:
             text = check_text(text, self.config.limits.max_text_chars)
         except ProtocolError as exc:
@@ -366,11 +379,11 @@ class Connection:
         if not self.stream_open:
             raise ProtocolError("no_stream", "synthesize-stop without synthesize-start")
         syn, self.stream_open, self.stream = self.stream, False, None
-        if syn is None:  # refused at its start
+        if syn is None or syn.refused:  # refused at its start, or no slot came
             await self._idle()
             await self._write(SynthesizeStopped().event())
         else:
-            syn.utt.end(0)  # its task sends synthesize-stopped after the audio
+            self._end(syn)  # its task sends synthesize-stopped after the audio (or its refusal)
 
     async def _idle(self) -> None:
         """One synthesis at a time, in the order asked: wait for the one being spoken."""
@@ -378,39 +391,89 @@ class Connection:
             await asyncio.wait({self.task})
 
     def _admit(self, voice: str, streaming: bool, text_format) -> _Synthesis:
-        """A stream slot and a core request with its speaking task; raises ProtocolError."""
-        state = self.state
-        if getattr(state, "draining", False):
-            raise ProtocolError("going_away", "the server is shutting down")
+        """A synthesis and its task, which waits for a stream slot, then speaks; raises
+        ProtocolError when it cannot be served at all now.
+
+        The wait runs in the task, not here: the read loop goes on reading meanwhile, so a client
+        that hangs up while queued is seen at once (its place goes to the next in line), pings
+        are answered, and a stream's chunks are kept for when it is admitted."""
+        if self.state.draining:
+            raise ProtocolError("going_away", _GOING_AWAY)
         if self.engine.failure is not None:
-            raise ProtocolError("engine_unavailable", engine_unavailable(state))
-        try:
-            slot = self.engine.admission.take()
-        except Busy as exc:
-            self.metrics.refused.labels(api="wyoming").inc()
-            raise ProtocolError("server_busy", exc.message) from None
-        # Not paced: a Wyoming client has no cancel to answer (it hangs up), and Home Assistant
-        # collects a whole `synthesize` before it plays it, so pacing would only delay it.
-        utt = self.engine.open(UtteranceSpec(voice, DEFAULT_SEED, 1.0, api="wyoming"), max_lead_s=0.0)
-        syn = _Synthesis(utt, slot, streaming, text_format)
-        self.metrics.requests.labels(api="wyoming").inc()
-        self.metrics.active_sessions.labels(api="wyoming").inc()
+            raise ProtocolError("engine_unavailable", engine_unavailable(self.state))
+        syn = _Synthesis(voice, streaming, text_format)
         # the callback, not the task's own finally, frees the slot: a task cancelled before its
         # first step never runs its body
-        self.current, self.task = syn, asyncio.create_task(self._speak(syn))
+        self.current, self.task = syn, asyncio.create_task(self._serve(syn))
         self.task.add_done_callback(lambda task: self._done(syn, task))
         return syn
+
+    async def _serve(self, syn: _Synthesis) -> None:
+        try:
+            syn.slot = await self.engine.admission.wait_unless(self._stop_waiting)
+        except Busy as exc:  # the queue is full or the wait ran out
+            self.metrics.refused.labels(api="wyoming").inc()
+            return await self._refuse(syn, "server_busy", exc.message)
+        except ProtocolError as exc:
+            return await self._refuse(syn, exc.code, exc.message)
+        if self.state.draining:  # a slot freed by the drain itself: no new work now
+            return await self._refuse(syn, "going_away", _GOING_AWAY)
+        if self.engine.failure is not None:
+            return await self._refuse(syn, "engine_unavailable", engine_unavailable(self.state))
+        # Not paced: a Wyoming client has no cancel to answer (it hangs up), and Home Assistant
+        # collects a whole `synthesize` before it plays it, so pacing would only delay it.
+        syn.utt = self.engine.open(UtteranceSpec(syn.voice, DEFAULT_SEED, 1.0, api="wyoming"), max_lead_s=0.0)
+        self.metrics.requests.labels(api="wyoming").inc()
+        self.metrics.active_sessions.labels(api="wyoming").inc()
+        pending, syn.pending = syn.pending, []
+        for piece in pending:
+            syn.utt.text(0, piece)
+        if syn.ended:
+            syn.utt.end(0)
+        await self._speak(syn)
+
+    def _stop_waiting(self) -> Optional[BaseException]:
+        """Why a synthesis waiting for a slot stops waiting: the server drains, the engine failed,
+        or the client has gone (seen here too while the read loop waits for this synthesis)."""
+        if self.state.draining:
+            return ProtocolError("going_away", _GOING_AWAY)
+        if self.engine.failure is not None:
+            return ProtocolError("engine_unavailable", engine_unavailable(self.state))
+        if self.reader.at_eof() or self.writer.is_closing():
+            return ConnectionResetError("the client went away while queued")
+        return None
+
+    async def _refuse(self, syn: _Synthesis, code: str, message: str) -> None:
+        """No slot for it: an error event (the connection goes on); a stream whose stop already
+        came also gets its synthesize-stopped (else the stop sends it)."""
+        syn.refused, syn.pending = True, []
+        await self._error(code, message)
+        if syn.streaming and syn.ended:
+            await self._write(SynthesizeStopped().event())
 
     def _push(self, syn: _Synthesis, pieces: list[str]) -> None:
         if syn.t0 is None:
             syn.t0 = time.monotonic()
+        if syn.refused:
+            return
+        if syn.utt is None:  # still waiting for a slot
+            syn.pending.extend(pieces)
+            return
         for piece in pieces:
             syn.utt.text(0, piece)
 
+    @staticmethod
+    def _end(syn: _Synthesis) -> None:
+        syn.ended = True
+        if syn.utt is not None:
+            syn.utt.end(0)
+
     def _done(self, syn: _Synthesis, task: asyncio.Task) -> None:
-        syn.utt.close()  # a client that went away frees its work at once
-        syn.slot.release()
-        self.metrics.active_sessions.labels(api="wyoming").dec()
+        if syn.utt is not None:
+            syn.utt.close()  # a client that went away frees its work at once
+            self.metrics.active_sessions.labels(api="wyoming").dec()
+        if syn.slot is not None:
+            syn.slot.release()
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             if not isinstance(exc, (ConnectionError, asyncio.TimeoutError)):
