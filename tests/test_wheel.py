@@ -16,13 +16,11 @@ The checkout is copied to tmp_path before building, so nothing is written into t
 from __future__ import annotations
 
 import email.parser
-import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
-import urllib.request
 import wave
 import zipfile
 from importlib import metadata
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import ProcessServer
+from support.servers import ProcessServer, http
 
 packaging_requirements = pytest.importorskip("packaging.requirements")
 
@@ -98,18 +96,6 @@ def _link_distributions(names: set[str], into: Path) -> None:
                 dst.symlink_to(src)
 
 
-def _http(url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, pack):
     tmp = tmp_path_factory.mktemp("wheel")
@@ -155,11 +141,11 @@ def test_the_wheel_copy_is_imported_not_the_checkout(server_venv):
 
 
 def test_installed_server_serves_the_page_and_speech(served):
-    status, body = _http(served + "/")
+    status, body = http(served + "/")
     assert status == 200 and b"<title>streamtts" in body, body[:200]
-    status, js = _http(served + "/pcm-player-worklet.js")
+    status, js = http(served + "/pcm-player-worklet.js")
     assert status == 200 and js
-    status, pcm = _http(served + "/v1/audio/speech",
+    status, pcm = http(served + "/v1/audio/speech",
                         {"model": "tts-1", "input": "你好。", "voice": "alloy", "response_format": "pcm"})
     assert status == 200, pcm[:300]
     assert len(pcm) > 0.3 * 24000 * 2 and len(pcm) % 2 == 0  # pcm: 24 kHz s16le, at least 0.3 s

@@ -225,11 +225,16 @@ async def _playback(wire: Wire, plan: Plan) -> None:
     await _spoken(wire, plan, 1.0)
 
 
+def _begin_whole(wire: Wire, plan: Plan, waiting_for: str) -> asyncio.Task:
+    """Start the session's one utterance, sending all its text then ``end`` in the background."""
+    wire.begin(plan.texts[0])
+    wire.log.waiting_for = waiting_for
+    return asyncio.create_task(_send_then_end(wire, plan.pieces))
+
+
 async def _slow(wire: Wire, plan: Plan) -> None:
     log = wire.log
-    wire.begin(plan.texts[0])
-    sender = asyncio.create_task(_send_then_end(wire, plan.pieces))
-    log.waiting_for = "audio at half speed"
+    sender = _begin_whole(wire, plan, "audio at half speed")
     try:
         await asyncio.wait_for(wire.read(lambda: log.done is not None, SLOW_FACTOR), plan.read_s)
     except asyncio.TimeoutError:
@@ -246,9 +251,7 @@ async def _slow(wire: Wire, plan: Plan) -> None:
 
 async def _disconnect(wire: Wire, plan: Plan) -> None:
     log = wire.log
-    wire.begin(plan.texts[0])
-    sender = asyncio.create_task(_send_then_end(wire, plan.pieces))
-    log.waiting_for = "audio before dropping the connection"
+    sender = _begin_whole(wire, plan, "audio before dropping the connection")
     try:
         await wire.read(lambda: log.done is not None or (log.t_first_audio is not None and log.received_s >= plan.read_s))
     finally:

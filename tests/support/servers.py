@@ -55,6 +55,26 @@ def free_port() -> int:
 _METRIC = re.compile(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) ([-+\w.]+)$")
 
 
+
+def http(url: str, body: Optional[dict] = None, headers=None, timeout: float = 60.0,
+         check: bool = False) -> tuple[int, bytes]:
+    """(status, body) of a GET, or of a JSON POST when ``body`` is given. HTTP errors are answers
+    too; a connection error raises when ``check``, else is (0, b"")."""
+    data = json.dumps(body).encode() if body is not None else None
+    head = dict(headers or {})
+    if data is not None:
+        head.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(url, data=data, headers=head)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        if check:
+            raise
+        return 0, b""
+
 class _Server:
     """What both kinds answer: addresses, GET, /metrics, the wait for /ready."""
 
@@ -73,16 +93,8 @@ class _Server:
             timeout: float = 30.0) -> tuple[int, bytes]:
         """(status, body) of ``GET path``; HTTP errors are answers too. A connection error raises
         when ``check`` (default: ``get_raises``), else is (0, b"")."""
-        req = urllib.request.Request(self.url + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except OSError:
-            if self.get_raises if check is None else check:
-                raise
-            return 0, b""
+        return http(self.url + path, headers=headers, timeout=timeout,
+                    check=self.get_raises if check is None else check)
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as {name with labels: value}."""
