@@ -24,8 +24,10 @@ a refused connection raises it with code ``connection_failed`` (``unauthorized``
 Attributes of the current (or last) utterance: ``ready`` (the server's ``ready`` message),
 ``segments`` (``segment`` messages: text and per-character times), ``done`` (the ``done`` message:
 server-side ``ttfa_ms``, ``audio_ms``, ``rtf``), ``ttfa_ms`` (client-side: first text sent to first
-audio byte received), ``audio_bytes``, ``audio_ms``, ``cancelled``, ``queued_position`` (while the
-server, at its capacity, keeps the session waiting: sessions ahead of it; None once admitted). Callbacks ``on_segment(msg)``
+audio byte received), ``audio_bytes``, ``audio_ms``, ``cancelled``, ``heard`` (the server's ``cancelled`` message: how
+much of the utterance the listener had heard, ``heard_ms`` and ``heard_text``), ``queued_position``
+(while the server, at its capacity, keeps the text waiting for a stream slot: utterances ahead of
+it; None once its audio comes). A ``server_busy`` error (no slot freed in time) is not fatal. Callbacks ``on_segment(msg)``
 and ``on_event(msg)`` (every JSON message) run in the reader task as messages arrive.
 
 Only ``websockets`` (>= 13, its asyncio API) is needed.
@@ -80,6 +82,7 @@ class StreamClient:
         self.ttfa_ms: Optional[float] = None
         self.audio_bytes = 0
         self.cancelled = False
+        self.heard: Optional[dict] = None  # the last `cancelled`: what the listener had heard (heard_ms, heard_text)
         self._ws: Optional[ClientConnection] = None
         self._reader: Optional[asyncio.Task] = None
         self._sender: Optional[asyncio.Task] = None
@@ -314,6 +317,7 @@ class StreamClient:
         try:
             async for frame in ws:
                 if isinstance(frame, bytes):
+                    self.queued_position = None  # admitted: its audio comes
                     if self._active and not self._dropping:
                         if self.ttfa_ms is None and self._t_text is not None:
                             self.ttfa_ms = round(1000.0 * (time.perf_counter() - self._t_text), 1)
@@ -324,10 +328,9 @@ class StreamClient:
                 kind = msg.get("type")
                 if self.on_event is not None:
                     self.on_event(msg)
-                if kind == "queued":  # the server is at capacity: `ready` comes once a slot frees
+                if kind == "queued":  # the server is at capacity: the text waits for a stream slot
                     self.queued_position = msg.get("position")
                 elif kind == "ready":
-                    self.queued_position = None
                     self.ready = msg
                     self.format, self.sample_rate = msg.get("format", self.format), msg.get("sample_rate", self.sample_rate)
                     self._ready_evt.set()
@@ -337,6 +340,7 @@ class StreamClient:
                         if self.on_segment is not None:
                             self.on_segment(msg)
                 elif kind == "cancelled":
+                    self.heard = msg
                     self._dropping = False
                     self._cancelled_evt.set()
                 elif kind == "done":

@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lexicon", metavar="FILE",
                    help="user lexicon: word<TAB>toned pinyin a line, e.g. 行长\thang2 zhang3 (docs/protocol.md)")
     p.add_argument("--capacity", type=int, default=0, metavar="N",
-                   help="streams admitted at once (default 0: measured at start); more wait in a queue")
+                   help="streams admitted at once (default 0: live, calibrated at start and following the "
+                        "engine's ticks); more wait in a queue")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="utterances (any transport) that may wait for a slot (default 16); beyond: server_busy")
     p.add_argument("--queue-timeout", type=float, default=30.0, metavar="S",
@@ -279,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM/SIGINT, time active utterances get to finish (default 10 s)")
     p.add_argument("--api-key", action="extend", nargs="+", metavar="K",
                    help="accepted API key(s); none: no authentication")
-    p.add_argument("--max-sessions", type=int, default=64, metavar="N",
-                   help="open WebSocket sessions (queued included) + HTTP speech requests (default 64)")
+    p.add_argument("--max-sessions", type=int, default=512, metavar="N",
+                   help="open WebSocket sessions (idle ones included: they hold no stream slot) + HTTP "
+                        "speech requests (default 512)")
     p.add_argument("--allowed-origin", action="extend", nargs="+", metavar="O",
                    help="browser Origin(s) allowed besides the server's own page, e.g. https://example.com, "
                         "or * for any page (default: only the server's own page and non-browser clients)")

@@ -164,8 +164,9 @@ _TABLE = (
      "too many messages a second (they are dropped; one error per run), too many new sessions or requests "
      "for a key, or too many failed keys from an IP (HTTP 429 with `Retry-After`)"),
     ("too_many_sessions", 503, True, 1013, CLOSES, "more open sessions than `--max-sessions`"),
-    ("server_busy", 503, True, 1013, KEPT,
-     "every stream slot is taken (WebSocket: the queue is full or the wait ran out; HTTP: `Retry-After`)"),
+    ("server_busy", 503, False, 1013, KEPT,
+     "every stream slot is taken and the queue is full or the wait for a slot ran out: that utterance "
+     "is dropped, the session goes on (HTTP: `Retry-After`)"),
     ("too_many_errors", None, True, 1008, None, "100 messages in a row were answered with an error"),
     ("outbox_full", None, True, 1008, None, "more than 2 MiB is waiting for a client that does not read"),
     ("idle_timeout", None, True, 1001, CLOSES, "no valid message (Wyoming: no event) for `idle_timeout_s`"),

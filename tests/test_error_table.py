@@ -176,7 +176,9 @@ def test_bad_requests_are_400s():
 
 
 def test_error_message_takes_fatal_from_the_table():
-    assert error_message("server_busy", "m") == {"type": "error", "code": "server_busy", "message": "m", "fatal": True}
+    assert error_message("too_many_sessions", "m") == {"type": "error", "code": "too_many_sessions", "message": "m",
+                                                       "fatal": True}
+    assert error_message("server_busy", "m")["fatal"] is False  # that utterance is dropped, the session goes on
     assert error_message("bad_json", "m")["fatal"] is False
     assert error_message("rate_limited", "m", fatal=True)["fatal"] is True  # a refused upgrade
     assert error_message("no_such_code", "m")["fatal"] is False

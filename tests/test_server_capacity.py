@@ -72,22 +72,31 @@ def _post(server, body: dict) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
-def test_beyond_capacity_sessions_queue_then_are_refused(engine):
+LONG = "今天天气很好，我们一起去公园散步吧。" * 12  # far longer than a test reads of it
+
+
+def _speaking(ws) -> None:
+    """``ws`` speaks a long text (so its utterance holds a slot) and has its first audio."""
+    jsend(ws, type="text", text=LONG)
+    while not isinstance(ws.recv(timeout=120), bytes):
+        pass
+
+
+def test_beyond_capacity_utterances_queue_then_are_refused(engine):
     config = ServerConfig(port=0, static_dir=None, capacity=2, queue_size=1, queue_timeout_s=60.0,
                           limits=Limits(rate=100, burst=200))
     with ThreadServer(config, engine) as server:
         with ws_connect(server) as a, ws_connect(server) as b:
-            for ws in (a, b):  # both hold a slot once they are served
-                jsend(ws, type="start")
-                assert json.loads(ws.recv(timeout=30))["type"] == "ready"
-            with ws_connect(server) as c:
-                assert json.loads(c.recv(timeout=30)) == {"type": "queued", "position": 0}
-                jsend(c, type="text", text="排队等候。")  # read once it is admitted
+            for ws in (a, b):  # both utterances hold a slot while they speak
+                _speaking(ws)
+            with ws_connect(server) as c, ws_connect(server) as d:
+                jsend(c, type="text", text="排队等候。")  # kept, and spoken once it has its slot
                 jsend(c, type="end")
-                with ws_connect(server) as d:  # the queue (1) is full
-                    items, code = collect(d, timeout=30)
-                    assert [m["code"] for m in events(items, "error")] == ["server_busy"] and code == 1013
-                    assert events(items, "error")[0]["fatal"] is True
+                assert [json.loads(c.recv(timeout=30))["type"] for _ in range(2)] == ["ready", "queued"]
+                jsend(d, type="text", text="人太多了。")  # the queue (1) is full
+                assert json.loads(d.recv(timeout=30))["type"] == "ready"
+                error = json.loads(d.recv(timeout=30))
+                assert error["code"] == "server_busy" and error["fatal"] is False  # that utterance only
                 status, headers, body = _post(server, {"model": "tts-1", "input": "你好。", "voice": "alloy"})
                 assert status == 503 and int(headers["Retry-After"]) >= 1
                 assert json.loads(body)["error"]["code"] == "server_busy"
@@ -95,10 +104,14 @@ def test_beyond_capacity_sessions_queue_then_are_refused(engine):
                 assert m["streamtts_capacity"] == 2 and m["streamtts_admitted"] == 2
                 assert m["streamtts_queued"] == 1 and m['streamtts_refused_total{api="ws"}'] == 1
                 assert m['streamtts_refused_total{api="http"}'] == 1
-                a.close()  # a slot frees: the queued session is served
+                a.close()  # a slot frees: the queued utterance is spoken
                 items, code = collect(c, timeout=60)
-                assert [e["type"] for e in events(items)][:1] == ["ready"] and events(items)[-1]["type"] == "done"
-                assert any(isinstance(x, bytes) for x in items) and code == 1000
+                assert events(items)[-1]["type"] == "done" and code == 1000
+                assert any(isinstance(x, bytes) for x in items)
+                jsend(d, type="text", text="现在轮到我。")  # the refused socket lives: its next utterance
+                jsend(d, type="end")
+                items, code = collect(d, timeout=60)
+                assert events(items)[-1]["type"] == "done" and code == 1000
         deadline = time.monotonic() + 10
         while server.state.engine.admission.admitted:  # every slot is given back
             assert time.monotonic() < deadline
@@ -116,8 +129,7 @@ def test_python_client_waits_in_the_queue_then_speaks(engine):
     config = ServerConfig(port=0, static_dir=None, capacity=1, queue_size=2, queue_timeout_s=60.0)
     with ThreadServer(config, engine) as server:
         with ws_connect(server) as holder:
-            jsend(holder, type="start")
-            assert json.loads(holder.recv(timeout=30))["type"] == "ready"  # the only slot is taken
+            _speaking(holder)  # the only slot is taken
             seen: list = []
 
             async def speak() -> int:
@@ -133,9 +145,9 @@ def test_python_client_waits_in_the_queue_then_speaks(engine):
                     if any(m["type"] == "queued" for m in seen):
                         break
                     await asyncio.sleep(0.05)
-                assert {"type": "queued", "position": 0} in seen and not task.done()
+                assert {"type": "queued", "position": 0, "utterance": 1} in seen and not task.done()
                 holder.close()  # the slot frees: the queued client is served
                 return await task
 
             assert asyncio.run(main()) > 10_000
-            assert [m["type"] for m in seen][:2] == ["queued", "ready"]
+            assert [m["type"] for m in seen][:2] == ["ready", "queued"]

@@ -215,9 +215,8 @@
       }
       const m = JSON.parse(e.data);
       if (m.type === "queued") {
-        st.queued = m.position;  // the server is at capacity: waiting for a slot
+        st.queued = m.position;  // the server is at capacity: the text waits for a slot
       } else if (m.type === "ready") {
-        st.queued = null;
         if (st.state === "connecting") st.state = "speaking";
       } else if (m.type === "segment") {
         if (st.state === "speaking") onSegment(m);
@@ -319,7 +318,8 @@
     requestAnimationFrame(() => {
       painting = false;
       const secs = (n) => (st.sampleRate ? (n / st.sampleRate).toFixed(2) + " s" : "–");
-      ui.status.textContent = st.queued != null && st.state === "connecting"
+      // `queued` comes after `ready`, once the text waits for a stream slot: shown until audio comes
+      ui.status.textContent = st.queued != null && st.samplesReceived === 0 && ["connecting", "speaking"].includes(st.state)
         ? `queued (${st.queued} ahead)` : st.state;
       ui.ttfa.textContent = st.ttfaMs === null ? "–" : `${Math.round(st.ttfaMs)} ms`;
       ui.received.textContent = secs(st.samplesReceived);

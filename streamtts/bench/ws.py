@@ -4,12 +4,13 @@
 The server runs with ``--capacity C`` set explicitly, no phrase cache, and otherwise its defaults;
 one short session warms it up before the rows (not counted).
 Each client behaves like an LLM front end: it connects, sends ``start`` (its seed: its index)
-and waits for ``ready`` (a client the server cannot admit yet gets ``queued`` events meanwhile, or
-the fatal error ``server_busy``); then it sends the same load as the in-process benchmark
+and waits for ``ready``; then it sends the same load as the in-process benchmark
 (:mod:`streamtts.bench.capacity`: ``text`` fragments of 3 characters every 30 ms, then ``end``)
 and plays the binary audio frames (pcm_s16le, 22050 Hz) on the same player clock (200 ms start
-buffer, underruns). TTFA is measured from the first ``text`` it sent, i.e. after admission;
-``queue_wait_s`` is the time from connecting to ``ready``.
+buffer, underruns). Its utterance takes a stream slot with its first text: one the server cannot
+admit yet gets ``queued`` events, then its audio, or the error ``server_busy`` when no slot freed in
+time. TTFA is measured from the first ``text`` it sent, so it includes a wait in the queue;
+``queue_wait_s`` is the time from the first ``queued`` to the first audio (0 when not queued).
 
 Rows: ``ws`` with C clients (all admitted at once), and ``ws-over-capacity`` with 2C clients (C + 2
 when C is 1) and a queue of C/2 (at least 1) whose wait may last 120 s: C are admitted at once,
@@ -52,14 +53,15 @@ class Server:
     """``streamtts serve`` in a child process, until :meth:`stop`."""
 
     def __init__(self, engine: str, vocoder: str, capacity: int, queue_size: int,
-                 queue_timeout_s: float = QUEUE_TIMEOUT_S, ready_timeout_s: float = 300.0):
+                 queue_timeout_s: float = QUEUE_TIMEOUT_S, ready_timeout_s: float = 300.0,
+                 max_sessions: int = 512):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()
         self.engine_stages: Optional[str] = None  # the server's engine name, from /ready
         cmd = [sys.executable, "-m", "streamtts", "serve", "--port", str(self.port), "--engine", engine,
                "--vocoder", vocoder, "--capacity", str(capacity), "--queue-size", str(queue_size),
-               "--queue-timeout", str(queue_timeout_s), "--cache-mb", "0", "--max-sessions", "512"]
+               "--queue-timeout", str(queue_timeout_s), "--cache-mb", "0", "--max-sessions", str(max_sessions)]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.monotonic() + ready_timeout_s
         while True:
@@ -108,43 +110,43 @@ async def _client(url: str, log: StreamLog, offset_s: float) -> None:
     from streamtts.text.chunker import SentenceChunker
 
     await asyncio.sleep(offset_s)
-    t_connect = time.monotonic()
     log.admitted = False
+    t_queued = None
     try:
         async with connect(url, proxy=None, compression=None, max_size=None, open_timeout=60,
                            ping_interval=None) as ws:
-            try:
-                await ws.send(json.dumps({"type": "start", "seed": log.index}))
-            except ConnectionClosed:
-                pass  # refused at once (server_busy): its error frame is still there to read
-            while True:  # admission: queued* then ready, or server_busy
-                msg = await ws.recv()
-                if isinstance(msg, bytes):
-                    continue
-                m = json.loads(msg)
-                if m["type"] == "queued":
-                    log.queued = True
-                elif m["type"] == "ready":
+            await ws.send(json.dumps({"type": "start", "seed": log.index}))
+            while True:  # `ready`, or a refusal of the session itself
+                m = json.loads(await ws.recv())
+                if m["type"] == "ready":
                     break
-                elif m["type"] == "error":
+                if m["type"] == "error":
                     log.failed = m.get("code")
                     return
-            log.admitted = True
-            log.queue_wait_s = time.monotonic() - t_connect
+            # the utterance takes its stream slot with its first text: `queued` events while it
+            # waits, then its audio, or a (non-fatal) `server_busy` when no slot freed in time
             sender = asyncio.create_task(_send(ws, log, SentenceChunker()))
             try:
                 async for msg in ws:
                     t = time.monotonic()
                     if isinstance(msg, bytes):
+                        if not log.admitted:
+                            log.admitted = True
+                            log.queue_wait_s = t - t_queued if t_queued is not None else 0.0
                         log.add_audio(t, len(msg) // 2, True)
                         continue
                     m = json.loads(msg)
-                    if m["type"] == "segment":
+                    if m["type"] == "queued":
+                        log.queued = True
+                        t_queued = t if t_queued is None else t_queued
+                    elif m["type"] == "segment":
                         log.segments += 1
                     elif m["type"] == "done":
                         log.t_done = t
-                    elif m["type"] == "error" and m.get("fatal"):
+                    elif m["type"] == "error" and (m.get("fatal") or m.get("code") == "server_busy"):
                         log.failed = m.get("code")
+                        if not m.get("fatal"):  # that utterance was dropped: this client is through
+                            break
             finally:
                 sender.cancel()
     except (ConnectionClosed, OSError, asyncio.TimeoutError) as exc:

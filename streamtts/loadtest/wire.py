@@ -92,6 +92,7 @@ class Wire:
         self.next_index = 0
         self.measure_lag = False
         self.utterance: Optional[Utterance] = None
+        self.refused = False  # a non-fatal server_busy dropped the utterance
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -132,6 +133,8 @@ class Wire:
     async def recv(self):
         from websockets.exceptions import ConnectionClosed
 
+        if self.refused:  # the utterance was refused: this client is through with the session
+            raise Closed()
         try:
             msg = await self.ws.recv()
         except ConnectionClosed as exc:
@@ -193,6 +196,9 @@ class Wire:
             log.errors.append(code)
             if code in ADMISSION_CODES:
                 log.admission.append(code)
+                if not m.get("fatal"):  # server_busy: no slot freed in time, its utterance dropped
+                    self.refused = True
+                    log.outcome = "refused"
             else:
                 log.violate(f"error {code}: {m.get('message')}")
         else:

@@ -30,6 +30,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from streamtts.audio.codec import NATIVE_RATE, AudioEncoder
+from streamtts.audio.pacing import Pacer
 from streamtts.engine_client.stream import Segment
 from streamtts.errors import close_code
 from streamtts.protocol.messages import (
@@ -92,6 +93,13 @@ class Session:
         self._ttfa_pending = False  # an audio frame of the utterance is queued, not yet sent
         self.ttfa_s: Optional[float] = None  # the session's first ttfa (for `done`)
         self.ttfa_observed: list[float] = []  # every utterance's ttfa; the server drains it
+        self.utterance = 1  # the current utterance's number on this socket (a cancel starts the next)
+        # The modelled listener (the pacing model: a player that starts with the first audio, plays
+        # at real time and waits when it runs dry): what of the audio sent it has played by now.
+        self.listener = Pacer(0.0)
+        self._utterance_sent = 0  # samples_sent when the current utterance began
+        self._sent_chars: list[tuple[str, float]] = []  # (char, end_ms) of its segments sent
+        self._sent_segments: list[float] = []  # audio_end_ms of its segments sent
 
     # ---- client -> server -------------------------------------------------------------------
 
@@ -128,9 +136,21 @@ class Session:
         return (self.clock() if now is None else now) - self.valid_at
 
     def queued(self, position: int) -> None:
-        """The server is at capacity: this session waits, ``position`` sessions ahead (0: next)."""
+        """The server is at capacity: the current utterance waits for a stream slot, ``position``
+        utterances ahead of it (0: next)."""
         if self.state is not State.CLOSED:
-            self._queue({"type": "queued", "position": int(position)})
+            self._queue({"type": "queued", "position": int(position), "utterance": self.utterance})
+
+    def drop_utterance(self, code: str, message: str) -> int:
+        """The current utterance cannot be spoken (no stream slot freed in time, say): a non-fatal
+        error, its text dropped as by a cancel, and the session ready for the next. Returns the
+        next utterance's generation."""
+        if self.state is State.CLOSED:
+            return self.generation
+        self._next_utterance()
+        self.state = State.READY
+        self._error(code, message)
+        return self.generation
 
     def fail(self, code: str, message: str) -> None:
         """End the session with a fatal error (server-detected: too many sessions, bug, going
@@ -227,7 +247,15 @@ class Session:
 
     def _on_cancel(self, msg: dict) -> list[Event]:
         events = self._implicit_start()
+        heard = self.heard()
+        self._next_utterance()
+        self._queue({"type": "cancelled", **heard})
+        return events + [CancelEvent(self.generation)]
+
+    def _next_utterance(self) -> None:
+        """Drop what is left of the current utterance; the next text starts a new one."""
         self.generation += 1
+        self.utterance += 1
         # audio dropped from the outbox was never sent: positions count samples sent
         self._position -= self._drop_unsent() // self.encoder.sample_width
         self._ttfa_pending = False
@@ -235,8 +263,25 @@ class Session:
         self._ttfa_armed = True
         self._segment_start = None
         self.encoder.reset()
-        self._queue({"type": "cancelled"})
-        return events + [CancelEvent(self.generation)]
+        self.listener.reset()  # a barge-in stops the player: what it had is dropped
+        self._utterance_sent = self.samples_sent
+        self._sent_chars.clear()
+        self._sent_segments.clear()
+
+    def heard(self, now: Optional[float] = None) -> dict:
+        """What the listener has heard of the current utterance, by the pacing model:
+        ``audio_sent_ms`` handed to the socket, ``heard_ms`` played by now, ``heard_text`` the
+        spoken characters whose audio ends by then, ``heard_segments`` the segments heard whole."""
+        if self.encoder is None:
+            return {"audio_sent_ms": 0.0, "heard_ms": 0.0, "heard_text": "", "heard_segments": 0}
+        rate = self.options.sample_rate
+        sent_ms = 1000.0 * (self.samples_sent - self._utterance_sent) / rate
+        lead_ms = 1000.0 * self.listener.lead_s(self.clock() if now is None else now)
+        heard_ms = max(0.0, sent_ms - lead_ms)
+        until = 1000.0 * self._utterance_sent / rate + heard_ms + 0.05  # positions are rounded to 0.1 ms
+        return {"audio_sent_ms": round(sent_ms, 1), "heard_ms": round(heard_ms, 1),
+                "heard_text": "".join(c for c, end in self._sent_chars if end <= until),
+                "heard_segments": sum(1 for end in self._sent_segments if end <= until)}
 
     def _on_end(self, msg: dict) -> list[Event]:
         if self.state is State.ENDING:
@@ -308,10 +353,16 @@ class Session:
             seconds = self.native_samples / NATIVE_RATE
             return {"type": "done", "ttfa_ms": None if self.ttfa_s is None else round(1000.0 * self.ttfa_s, 1),
                     "audio_ms": round(1000.0 * self._position / self.options.sample_rate, 1),
-                    "rtf": round(self.compute_s / seconds, 4) if seconds else None, "segments": self.segments_sent}
+                    "rtf": round(self.compute_s / seconds, 4) if seconds else None, "segments": self.segments_sent,
+                    **self.heard()}
+        if isinstance(item, dict) and item.get("type") == "segment":
+            self._sent_segments.append(item["audio_end_ms"])
+            self._sent_chars.extend((c["char"], c["end_ms"]) for c in item["chars"])
         if isinstance(item, bytes):
             self.buffered_bytes -= len(item)
-            self.samples_sent += len(item) // self.encoder.sample_width
+            n = len(item) // self.encoder.sample_width
+            self.samples_sent += n
+            self.listener.sent(n / self.options.sample_rate, self.clock())
             if self._ttfa_pending:
                 ttfa = self.clock() - self._ttfa_start
                 self.ttfa_observed.append(ttfa)

@@ -28,7 +28,11 @@ class ServerConfig:
     # Browser pages allowed besides the server's own (WebSocket and CORS); "*": every page.
     # Requests without an Origin header (not from a browser) are always allowed.
     allowed_origins: tuple[str, ...] = ()
-    max_sessions: int = 64  # open WebSocket sessions (queued ones included) + HTTP speech requests
+    # Open WebSocket sessions (idle ones included) + HTTP speech requests. An idle socket holds no
+    # stream slot, only its connection and session state (streamtts/bench/idle_sessions.py
+    # measures it), so a bot can keep one per call; the default stays under the common soft limit
+    # of 1024 open files.
+    max_sessions: int = 512
     # Streams admitted at once (0: measured at start from the engine's speed). Beyond it an
     # utterance of any transport waits in a queue of `queue_size` (a WebSocket one told its
     # position) for up to `queue_timeout_s`, else is refused with `server_busy` (HTTP: 503 with

@@ -40,7 +40,7 @@ class Metrics:
         self.capacity = Gauge("streamtts_capacity", "Streams admitted at once (configured, or live: what the engine "
                               "keeps at real time now)", registry=r)
         self.admitted = Gauge("streamtts_admitted", "Streams holding a slot now", registry=r)
-        self.queued = Gauge("streamtts_queued", "WebSocket sessions waiting for a slot", registry=r)
+        self.queued = Gauge("streamtts_queued", "Utterances (any transport) waiting for a stream slot", registry=r)
         self.refused = Counter("streamtts_refused", "Sessions and requests refused for capacity (server_busy)",
                                ["api"], registry=r)
         self.batch_rows = Histogram("streamtts_batch_rows", "Rows in one batched decoder call",

@@ -18,7 +18,7 @@ from typing import Optional
 
 from aiohttp import WSMsgType, web
 
-from streamtts.engine_client import Audio, Busy, Done, Event, Failed, Segment, Utterance, UtteranceSpec
+from streamtts.engine_client import Audio, Busy, Done, Event, Failed, Segment, Slot, Utterance, UtteranceSpec
 from streamtts.protocol import CancelEvent, EndEvent, FlushEvent, Session, StartEvent, State, TextEvent
 from streamtts.server.errors import http_error
 from streamtts.server.state import STATE, ServerState, engine_unavailable
@@ -82,13 +82,20 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
 
 
 class Connection:
+    """One socket. Its utterances take a stream slot each: from the first text of an utterance
+    until it is done or cancelled, so a socket with nothing to say holds none."""
+
     def __init__(self, state: ServerState, ws: web.WebSocketResponse, session: Session, transport=None):
         self.state, self.ws, self.session, self.transport = state, ws, session, transport
-        self._waiting: Optional[asyncio.Task] = None  # the wait for an admission slot
-        self._kicked = False  # that wait was cancelled by going_away
         self.engine = state.engine
         self.metrics = state.metrics
-        self.utt: Optional[Utterance] = None
+        self.options = None  # the session's options (from `start`, or the defaults)
+        self.utt: Optional[Utterance] = None  # the utterance being spoken (it holds `slot`)
+        self.slot: Optional[Slot] = None
+        self._waiting: Optional[asyncio.Task] = None  # the current utterance's wait for a slot
+        # Commands of the utterance that waits for its slot, in order. Bounded by the session's
+        # text limit: texts carry characters, and flushes and the end are kept once each.
+        self._held: list = []
         self._sending: Optional[Event] = None  # the stream event whose frames the session holds
         self.loop = asyncio.get_running_loop()
         self.wakeup = asyncio.Event()
@@ -101,21 +108,17 @@ class Connection:
         sender = asyncio.create_task(self._send_loop())
         try:
             if self.session.state is not State.CLOSED:
-                self._waiting = asyncio.ensure_future(self._admitted_session())
-                try:
-                    await self._waiting
-                except asyncio.CancelledError:
-                    if not self._kicked:
-                        raise  # this handler itself is cancelled
+                await self._receive_loop()
             self.wakeup.set()
             if self.session.fatal_code == "outbox_full":
-                self.abort()  # it does not read: nothing more can reach it
+                # it does not read: nothing more can reach it, its error included (counted here)
+                self.metrics.errors.labels(code="outbox_full").inc()
+                self.abort()
             elif self.session.state is State.CLOSED and not sender.done():
                 await asyncio.wait({sender}, timeout=_FLUSH_TIMEOUT_S)
         finally:
             sender.cancel()
-            if self.utt is not None:
-                self.utt.close()  # frees its work at once
+            self._end_utterance()  # frees its work and its slot at once
             gauge.dec()
             self.state.sockets.discard(self.ws)
             self.state.connections.discard(self)
@@ -125,18 +128,58 @@ class Connection:
                 except (asyncio.TimeoutError, ConnectionError, RuntimeError):
                     self.abort()
 
-    async def _admitted_session(self) -> None:
-        """Wait for a stream slot (queued, told its position), then serve the client."""
+    # ---- admission, per utterance -------------------------------------------------------------
+
+    async def _admit(self) -> None:
+        """Wait for the current utterance's stream slot (told its place), then speak it."""
         try:
-            async with self.engine.admission.slot(queue=True, on_position=self._queued):
-                self._waiting = None  # admitted: from here the session ends by its protocol
-                if self.engine.failure is not None:
-                    self.session.fail("engine_unavailable", engine_unavailable(self.state))
-                    return
-                await self._receive_loop()
+            slot = await self.engine.admission.wait(on_position=self._queued)
         except Busy as exc:
+            self._waiting = None
+            self._held.clear()
             self.metrics.refused.labels(api="ws").inc()
-            self.session.fail("server_busy", exc.message)
+            self.session.drop_utterance("server_busy", exc.message)
+            self.wakeup.set()
+            return
+        self._waiting = None
+        if self.session.state is State.CLOSED:
+            slot.release()
+            return
+        if self.engine.failure is not None:
+            slot.release()
+            self.session.fail("engine_unavailable", engine_unavailable(self.state))
+            self.wakeup.set()
+            return
+        self.slot = slot
+        self._open()
+        held, self._held = self._held, []
+        for event in held:
+            self._command(event)
+        self.wakeup.set()
+
+    def _open(self) -> None:
+        o = self.options
+        self.utt = self.engine.open(UtteranceSpec(o.voice, o.seed, o.speed, api="ws"),
+                                    max_lead_s=self.state.config.max_lead_s)
+        if self.session.generation:  # a new engine utterance starts at generation 0
+            self.utt.cancel(self.session.generation)
+        self.utt.stream.bind(self.loop, self.wakeup)
+        self.metrics.requests.labels(api="ws").inc()
+
+    def _end_utterance(self) -> None:
+        """The current utterance is over (cancelled, or the socket closes): stop waiting for its
+        slot, free its work and give its slot back."""
+        if self._waiting is not None:
+            self._waiting.cancel()  # Admission.wait leaves the queue (or hands a granted slot on)
+            self._waiting = None
+        self._held.clear()
+        self._sending = None
+        if self.utt is not None:
+            self.utt.close()
+            self.utt = None
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
 
     def _queued(self, position: int) -> None:
         self.session.queued(position)
@@ -173,19 +216,20 @@ class Connection:
             self.wakeup.set()
 
     def _busy(self) -> bool:
-        """Audio of this session is being made or is on its way to the client."""
-        return self.utt is not None and (self.utt.busy or self.session.has_outgoing)
+        """Audio of this session is being made, is on its way, or waits for a slot."""
+        return (self._waiting is not None or self.session.has_outgoing
+                or (self.utt is not None and self.utt.busy))
 
     def active(self) -> bool:
-        """An utterance is under way: audio on its way, or text waiting for its sentence's end."""
-        return self._busy() or (self.utt is not None and self.utt.pending_text)
+        """An utterance is under way: audio on its way, or text waiting for its sentence's end
+        (one still waiting for its slot is not: a drain ends it at once)."""
+        return self.utt is not None and (self._busy() or self.utt.pending_text)
 
     def going_away(self, message: str) -> None:
         """Server shutdown: end the session now (fatal `going_away`, close code 1001)."""
         self.session.fail("going_away", message)
         if self._waiting is not None:  # still queued for a slot: stop waiting
-            self._kicked = True
-            self._waiting.cancel()
+            self._end_utterance()
         self.wakeup.set()
 
     def abort(self) -> None:
@@ -195,19 +239,34 @@ class Connection:
 
     def _dispatch(self, event) -> None:
         if isinstance(event, StartEvent):
-            o = event.options
-            self.utt = self.engine.open(UtteranceSpec(o.voice, o.seed, o.speed, api="ws"),
-                                        max_lead_s=self.state.config.max_lead_s)
-            self.utt.stream.bind(self.loop, self.wakeup)
-            self.metrics.requests.labels(api="ws").inc()
-        elif isinstance(event, TextEvent):
-            self.utt.text(event.generation, event.text)
-        elif isinstance(event, FlushEvent):
-            self.utt.flush(event.generation)
+            self.options = event.options
         elif isinstance(event, CancelEvent):
-            self.utt.cancel(event.generation)
+            self._end_utterance()
+            if self.session.state is State.ENDING:  # nothing more will come: the session is done
+                self.session.finished(event.generation)
+        elif self.utt is not None:
+            self._command(event)
+        elif isinstance(event, TextEvent) or self._waiting is not None:
+            self._hold(event)
+            if self._waiting is None:  # the utterance's first text: it asks for a slot
+                self._waiting = asyncio.ensure_future(self._admit())
+        elif isinstance(event, EndEvent):  # no text since the last utterance: nothing to say
+            self.session.finished(event.generation)
+        # a flush with nothing to speak does nothing
+
+    def _hold(self, event) -> None:
+        if isinstance(event, (FlushEvent, EndEvent)) and self._held and type(self._held[-1]) is type(event):
+            return  # two flushes in a row are one
+        self._held.append(event)
+
+    def _command(self, event) -> None:
+        utt = self.utt
+        if isinstance(event, TextEvent):
+            utt.text(event.generation, event.text)
+        elif isinstance(event, FlushEvent):
+            utt.flush(event.generation)
         elif isinstance(event, EndEvent):
-            self.utt.end(event.generation)
+            utt.end(event.generation)
 
     # ---- engine -> client -------------------------------------------------------------------
 
@@ -255,7 +314,7 @@ class Connection:
                 if isinstance(item, bytes):
                     await ws.send_bytes(item)
                 else:
-                    if item["type"] == "error":
+                    if item["type"] == "error" and item["code"] != "outbox_full":
                         self.metrics.errors.labels(code=item["code"]).inc()
                     await ws.send_str(json.dumps(item, ensure_ascii=False))
                 for ttfa in session.ttfa_observed:
