@@ -107,6 +107,23 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streamtts.bench import engines as bench
 
+    if args.conversations:  # voice-bot calls through the real server (streamtts/bench/conversations.py)
+        from streamtts.bench import conversations as bench_conversations
+
+        try:
+            calls = [int(n) for n in args.conversations.split(",") if n.strip()]
+        except ValueError:
+            calls = []
+        if not calls or min(calls) < 1:
+            raise StreamTTSError("--conversations takes call counts >= 1, e.g. 2,4,6,8")
+        if not 0.0 < args.talk_ratio < 1.0:
+            raise StreamTTSError("--talk-ratio must lie between 0 and 1 (exclusive), e.g. 0.4")
+        if args.duration_s <= 0:
+            raise StreamTTSError("--duration-s must be positive")
+        bench_conversations.run(calls, args.engine, args.vocoder, talk_ratio=args.talk_ratio,
+                                duration_s=args.duration_s, json_path=args.json, capacity=args.capacity,
+                                tolerance_s=args.tolerance_ms / 1000)
+        return 0
     if args.device and not args.concurrency:
         args.concurrency = "1,64,256,512,1024,2048"
     if args.concurrency:
@@ -250,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="underrun a stream may have in all and still count as held (default 20)")
     g.add_argument("--no-player-buffer", action="store_true",
                    help="players do not report what they hold (no pause at 5 s ahead)")
+    g = p.add_argument_group("conversation benchmark (streamtts/bench/conversations.py; always over WebSocket, "
+                             "--engine, --vocoder, --capacity and --tolerance-ms apply)")
+    g.add_argument("--conversations", metavar="N,N,...",
+                   help="run the conversation benchmark instead: this many simulated voice-bot calls on one "
+                        "server each (a fresh server per N; live capacity unless --capacity pins it)")
+    g.add_argument("--talk-ratio", type=float, default=0.4, metavar="R",
+                   help="share of a call the bot talks; the rest the socket is silent (default 0.4)")
+    g.add_argument("--duration-s", type=float, default=60.0, metavar="S",
+                   help="how long the calls of each N run (default 60 s)")
     g = p.add_argument_group("GPU benchmark (streamtts/bench/gpu.py)")
     g.add_argument("--device", choices=["cuda", "cpu"],
                    help="run the cuda backend's in-process benchmark on this device instead (cpu: its dry run)")
