@@ -34,13 +34,18 @@ CONTEXT_ID = re.compile(r"[A-Za-z0-9_\-.:]{1,64}")  # what the server accepts as
 MAX_TEXT_CHARS = 4000  # the server takes at most 4096 characters per `text` message
 SEND_RATE = 50.0  # messages per second, under the server's 60/s
 OUTBOX_LIMIT = 256  # queued messages before a sender waits (text pieces merge, so it rarely fills)
+# The server's character limit per session (--max-session-chars, default 100 000) is the socket's,
+# shared by its contexts: a socket that has sent this much takes no new context, and the next
+# one opens a fresh socket instead of failing halfway through a turn.
+CHAR_BUDGET = 80_000
 
 # error codes after which the context goes on: the server dropped one message and nothing else
 # (an LLM token that is only an emoji is `no_speakable_text`)
 HARMLESS_ERRORS = frozenset({"no_speakable_text", "empty_text"})
 # error codes where the same request may succeed later
 RETRYABLE_ERRORS = frozenset({"server_busy", "rate_limited", "going_away", "engine_unavailable",
-                              "idle_timeout", "outbox_full", "internal"})
+                              "idle_timeout", "outbox_full", "internal",
+                              "text_too_long"})  # the socket's budget: a new socket takes it
 
 
 class StreamTTSError(APIError):
@@ -92,7 +97,8 @@ class Connection:
     live: set = field(default_factory=set)
     handlers: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
-    retired: bool = False  # takes no new context (options changed); closes once empty
+    retired: bool = False  # takes no new context (options changed, budget spent); closes once empty
+    chars_sent: int = 0
 
     def __post_init__(self) -> None:
         self._outbox: collections.deque[_Outgoing] = collections.deque()
@@ -148,7 +154,8 @@ class Connection:
     # -- contexts
 
     def has_room(self, max_contexts: int) -> bool:
-        return not self.closed and not self.retired and len(self.live | self.handlers.keys()) < max_contexts
+        return (not self.closed and not self.retired and self.chars_sent < CHAR_BUDGET
+                and len(self.live | self.handlers.keys()) < max_contexts)
 
     def attach(self, context_id: str, handler: ContextHandler) -> None:
         """Route ``context_id``'s traffic to ``handler``. The server creates the context with the
@@ -189,6 +196,8 @@ class Connection:
             if context_id in self.handlers:
                 # its first message (or the first after the server let it go idle) opens it
                 self.live.add(context_id)
+        if msg.get("type") == "text":
+            self.chars_sent += len(msg.get("text", ""))
         self._outbox.append(_Outgoing(msg, context_id))
         self._wake.set()
 
@@ -263,7 +272,7 @@ class Connection:
         stats = self.stats.get(context_id)
         if handler is not None:
             stats.audio_bytes += len(audio)
-            handler.on_audio(audio)
+            self._call(context_id, handler.on_audio, audio)
         elif stats is not None:
             if stats.closed_event is not None:
                 stats.after_closed_bytes += len(audio)
@@ -277,9 +286,11 @@ class Connection:
         if kind in ("done", "context_closed") and context_id in self.live:
             self.live.discard(context_id)
             self.stats[context_id].closed_event = ev
+        if kind == "error" and ev.get("code") == "text_too_long":
+            self.retire()  # the socket's character budget is spent: new turns go to a new socket
         handler = self.handlers.get(context_id) if context_id is not None else None
         if handler is not None:
-            handler.on_event(ev)
+            self._call(context_id, handler.on_event, ev)
         elif kind == "error":
             error = StreamTTSError(ev.get("code", "error"), ev.get("message", ""))
             if ev.get("fatal"):
@@ -288,6 +299,17 @@ class Connection:
         if kind in ("done", "context_closed"):
             self._close_if_idle()
         return None
+
+    def _call(self, context_id: str, callback, arg) -> None:
+        """A handler that raises ends its own context, not the socket."""
+        try:
+            callback(arg)
+        except Exception as e:  # noqa: BLE001
+            logger.exception("streamtts: context %s failed", context_id)
+            handler = self.handlers.get(context_id)
+            self.detach(context_id)
+            if handler is not None:
+                handler.on_lost(APIError(f"handling streamtts output failed: {e}", retryable=False))
 
     # -- closing
 

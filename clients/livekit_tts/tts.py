@@ -200,9 +200,10 @@ class _Utterance:
             self.segments.append(ev)
             # times from the start of this stream's audio: the segment ends where the audio
             # received so far ends (its last frame came before it)
-            offset_ms = self.samples * 1000.0 / self.sample_rate - ev["audio_end_ms"]
-            pieces = timed_pieces(ev.get("text", ""), ev.get("chars") or [], offset_ms,
-                                  (ev["audio_start_ms"], ev["audio_end_ms"]))
+            received_ms = self.samples * 1000.0 / self.sample_rate
+            end_ms = ev.get("audio_end_ms", received_ms)
+            pieces = timed_pieces(ev.get("text", ""), ev.get("chars") or [], received_ms - end_ms,
+                                  (ev.get("audio_start_ms", end_ms), end_ms))
             if pieces:
                 self.emitter.push_timed_transcript(pieces)
         elif kind == "done":
