@@ -20,14 +20,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 # System packages the tests use: Chromium (web page test, driven by Playwright), PortAudio
-# (sounddevice) and espeak-ng (a second voice for the ASR harness test). Installed with apt when
+# (sounddevice), espeak-ng (a second voice for the ASR harness test), and unshare + ip (the cluster
+# tests run in a network namespace with only loopback). Installed with apt when
 # missing and we are root.
 SYSDEPS := $(VENV)/.sysdeps
 $(SYSDEPS): $(BIN)/python
-	@if command -v chromium >/dev/null 2>&1 && command -v espeak-ng >/dev/null 2>&1 && ldconfig -p | grep -q libportaudio; then :; \
+	@if command -v chromium >/dev/null 2>&1 && command -v espeak-ng >/dev/null 2>&1 && ldconfig -p | grep -q libportaudio \
+	  && command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libportaudio2 espeak-ng; \
-	else echo "please install chromium, libportaudio2 and espeak-ng (e.g. apt-get install chromium libportaudio2 espeak-ng)"; exit 1; fi
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libportaudio2 espeak-ng iproute2 util-linux; \
+	else echo "please install chromium, libportaudio2, espeak-ng, iproute2 and util-linux (e.g. apt-get install chromium libportaudio2 espeak-ng iproute2 util-linux)"; exit 1; fi
 	touch $(SYSDEPS)
 
 fetch: install

@@ -181,13 +181,52 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           f"Ctrl-C or SIGTERM drains for up to {args.drain_timeout:g} s, then stops)", flush=True)
     if args.wyoming_port is not None:
         print(f"Wyoming (Home Assistant) on tcp://{args.wyoming_host or args.host}:{args.wyoming_port}", flush=True)
-    serve(config)
+    if args.replicas or args.ray_address:
+        _serve_cluster(args, config)
+    else:
+        serve(config)
     # Drained and closed. Tearing down the interpreter (the engines' native libraries) takes
     # seconds that a supervisor waiting on SIGTERM should not wait: nothing is left to flush.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _serve_cluster(args: argparse.Namespace, config) -> None:
+    """The front end over engine replicas: a local loopback cluster with ``--replicas N``, or the
+    cluster at ``--ray-address`` (deploying N replicas there when ``--replicas`` is given)."""
+    import importlib.util
+
+    from streamtts.errors import MissingExtraError
+    from streamtts.server import serve
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise MissingExtraError("engine replicas need Ray Serve: pip install 'streamtts[cluster]'")
+    from functools import partial
+
+    from streamtts.cluster.client import ClusterEngineClient
+    from streamtts.cluster.local import LocalHead, deploy
+
+    head = None
+    address = args.ray_address
+    try:
+        if address is None:
+            cpus = max(args.replicas * args.replica_cpus, os.cpu_count() or 1)
+            head = LocalHead(temp_dir=args.ray_temp_dir, port=args.ray_port, num_cpus=int(cpus + 0.999)).start()
+            address = head.address
+            print(f"local Ray head on {address} (loopback only; temp dir {head.temp_dir})", flush=True)
+        if args.replicas:
+            settings = {"replicas": args.replicas, "engine": args.engine, "vocoder": args.vocoder,
+                        "capacity": args.capacity, "max_batch": args.max_batch, "cache_bytes": config.cache_bytes,
+                        "torch_threads": args.threads, "num_cpus": args.replica_cpus,
+                        "lexicon": args.lexicon, "prewarm": args.prewarm}
+            print(f"deploying {args.replicas} engine replicas ...", flush=True)
+            deploy(address, {k: v for k, v in settings.items() if v is not None})
+        serve(config, engine_client=partial(ClusterEngineClient, address=address))
+    finally:
+        if head is not None:
+            head.stop()
 
 
 def _cmd_say(args: argparse.Namespace) -> int:
@@ -323,6 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off)")
     p.add_argument("--wyoming-host", default=None, metavar="ADDR",
                    help="address of the Wyoming port (default: --host)")
+    g = p.add_argument_group("engine replicas on Ray Serve (the `cluster` extra; streamtts/cluster/)")
+    g.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="run N engine replicas on Ray Serve behind this front end (default 0: one engine in "
+                        "this process); without --ray-address a local loopback-only Ray head is started")
+    g.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="an existing Ray cluster whose replicas serve this front end (with --replicas: "
+                        "deploy them there first)")
+    g.add_argument("--ray-temp-dir", default=None, metavar="DIR",
+                   help="temp dir of the local Ray head (default: a new one under /tmp)")
+    g.add_argument("--ray-port", type=int, default=0, metavar="PORT", help="GCS port of the local Ray head "
+                   "(default: a free one)")
+    g.add_argument("--replica-cpus", type=float, default=1.0, metavar="C",
+                   help="Ray CPUs each replica asks for (default 1)")
     p.set_defaults(func=_cmd_serve)
 
     from clients.say import add_arguments as say_arguments

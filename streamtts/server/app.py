@@ -15,12 +15,13 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from aiohttp import WSCloseCode, web
 
 from engines.base import ModelPair
 from streamtts.core.cache import PhraseCache
+from streamtts.engine_client.base import EngineClient
 from streamtts.engine_client.inprocess import InProcessEngineClient
 from streamtts.server.config import ServerConfig
 from streamtts.server.errors import http_error
@@ -38,16 +39,22 @@ log = logging.getLogger(__name__)
 _MAX_BODY = 1024 * 1024  # HTTP request bodies (a speech request is at most 4096 chars of JSON)
 
 
-def create_app(config: Optional[ServerConfig] = None, engine: Optional[ModelPair] = None) -> web.Application:
+def create_app(config: Optional[ServerConfig] = None, engine: Optional[ModelPair] = None,
+               engine_client: Optional[Callable[..., EngineClient]] = None) -> web.Application:
     """A new server application. The worker thread starts with the app (on_startup) and loads
-    ``engine`` or ``config.engine``; ``/ready`` answers 200 once it is warm."""
+    ``engine`` or ``config.engine``; ``/ready`` answers 200 once it is warm. ``engine_client``
+    (``factory(config, metrics=, lexicon=)``) puts another engine client, such as the cluster's
+    (streamtts.cluster), in place of the in-process one; the transports are the same."""
     config = config or ServerConfig()
     redact_secrets_in_logs()  # a key in ?api_key= must not reach a log line (aiohttp logs request lines)
     # this app's user lexicon, read once; LexiconError (with the line) before serving
     lexicon = Lexicon.load(config.lexicon) if config.lexicon is not None else None
     metrics = Metrics()
     cache = PhraseCache(config.cache_bytes) if config.cache_bytes > 0 else None
-    client = InProcessEngineClient(config, cache, metrics, engine, lexicon=lexicon)
+    if engine_client is not None:
+        client = engine_client(config, metrics=metrics, lexicon=lexicon)
+    else:
+        client = InProcessEngineClient(config, cache, metrics, engine, lexicon=lexicon)
     state = ServerState(config, metrics, cache, client, Guard(config))
     client.admission.on_change = lambda: admission_metrics(state)
 
@@ -72,13 +79,15 @@ def create_app(config: Optional[ServerConfig] = None, engine: Optional[ModelPair
     return app
 
 
-def serve(config: ServerConfig, engine: Optional[ModelPair] = None) -> None:
+def serve(config: ServerConfig, engine: Optional[ModelPair] = None,
+          engine_client: Optional[Callable[..., EngineClient]] = None) -> None:
     """Run the server until SIGTERM or SIGINT (blocking), then drain (:func:`drain`) and return."""
-    asyncio.run(_serve(config, engine))
+    asyncio.run(_serve(config, engine, engine_client))
 
 
-async def _serve(config: ServerConfig, engine: Optional[ModelPair]) -> None:
-    app = create_app(config, engine)
+async def _serve(config: ServerConfig, engine: Optional[ModelPair],
+                 engine_client: Optional[Callable[..., EngineClient]] = None) -> None:
+    app = create_app(config, engine, engine_client)
     # handlers still running after the drain are cancelled after this grace
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()

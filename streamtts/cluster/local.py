@@ -1,0 +1,136 @@
+"""A local cluster for ``streamtts serve --replicas N``: a Ray head on loopback only (node address
+127.0.0.1, no dashboard, no usage stats, its temp dir where asked) and the engine deployment::
+
+    head = LocalHead(temp_dir="/tmp/rt", port=0, num_cpus=2).start()   # `ray start --head --block`
+    deploy(head.address, {"replicas": 2, "engine": "onnx-int8", "vocoder": "melgan"})
+    ...
+    head.stop()        # SIGTERM to the head's process group (the processes it started), then SIGKILL
+
+The head is a child process in its own session, stopped by its id: nothing else named ray is
+touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from streamtts.cluster import APP_NAME
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+# Environment of every Ray process started here: no usage report, no dashboard agent metrics
+# export, loopback only.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+class LocalHead:
+    def __init__(self, temp_dir: Optional[str] = None, port: int = 0, num_cpus: Optional[int] = None):
+        # Ray's socket paths must stay short (AF_UNIX): a short directory under /tmp by default
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="streamtts-ray-", dir="/tmp")
+        self.port = port or free_port()
+        self.num_cpus = num_cpus
+        self.proc: Optional[subprocess.Popen] = None
+        self.log_path = Path(self.temp_dir) / "head.log"
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def start(self, timeout_s: float = 180.0) -> "LocalHead":
+        Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
+        ray = str(Path(sys.executable).with_name("ray"))
+        cmd = [ray, "start", "--head", "--block", f"--node-ip-address={LOOPBACK}", f"--port={self.port}",
+               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
+               f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+               f"--object-manager-port={free_port()}", f"--min-worker-port={20000}", f"--max-worker-port={29999}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+               f"--runtime-env-agent-port={free_port()}"]
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        env = {**os.environ, **RAY_ENV}
+        log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log_file.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=1.0):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            self.stop()
+            raise RuntimeError(f"the Ray head did not listen within {timeout_s:g} s: {self.log_tail()}")
+        return self
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops what it started
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        except ProcessLookupError:
+            pass
+        # workers it started live in its session: end any left behind
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def connect(address: str) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.update(RAY_ENV)
+        ray.init(address=address, namespace="serve", logging_level=logging.WARNING, log_to_driver=False,
+                 configure_logging=False)
+
+
+def deploy(address: str, settings: dict, app_name: str = APP_NAME, timeout_s: float = 900.0) -> None:
+    """Deploy (or update) the engine replicas on the cluster at ``address`` and wait until they serve."""
+    from ray import serve
+
+    from streamtts.cluster.replica import build_app
+
+    connect(address)
+    serve.start(proxy_location="Disabled")  # handles only: no HTTP proxy, nothing else listens
+    serve.run(build_app(settings), name=app_name, route_prefix=None, blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(app_name)
+        if status is not None and str(status.status).endswith("RUNNING"):
+            return
+        if status is not None and "FAIL" in str(status.status):
+            raise RuntimeError(f"the engine deployment failed: {status.message} {status.deployments}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the engine deployment was not running after {timeout_s:g} s: {status}")
+        time.sleep(0.5)
