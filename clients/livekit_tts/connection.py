@@ -315,7 +315,10 @@ class Connection:
 
     def _close_if_idle(self) -> None:
         if self.retired and not self.live and not self.handlers and not self.closed:
-            asyncio.ensure_future(self.aclose())
+            try:
+                asyncio.get_running_loop().create_task(self.aclose())
+            except RuntimeError:  # no loop running (options changed from sync code): TTS.aclose closes it
+                pass
 
     async def _lose(self, reason: BaseException) -> None:
         if self.closed:
