@@ -100,6 +100,7 @@ class StreamTTSService(WebsocketTTSService):
         settings: Settings | None = None,
         text_aggregation_mode: TextAggregationMode | None = None,
         stop_frame_timeout_s: float = 10.0,
+        socket_chars: int = 100_000,
         **kwargs,
     ):
         """Args:
@@ -114,6 +115,10 @@ class StreamTTSService(WebsocketTTSService):
         stop_frame_timeout_s: how long a context may go without audio before pipecat ends
             it. A turn that waits for a stream slot on a busy server (``queued``) keeps its
             context alive meanwhile; this covers a server that goes silent.
+        socket_chars: the server's character budget per socket (``--max-session-chars``).
+            A call outlives it: a turn that starts with less than a fifth of it left (or
+            after the server said ``text_too_long``) opens a fresh socket, once no other
+            turn is under way on the old one.
         """
         if sample_rate is not None:
             _check_rate(sample_rate)
@@ -149,6 +154,9 @@ class StreamTTSService(WebsocketTTSService):
         # Audio that came for a context after it was closed (the server's frames in flight at a
         # barge-in), dropped: how far the server ran past the interruption.
         self._stale_audio_bytes = 0
+        self._socket_chars = socket_chars
+        self._chars_sent = 0  # text sent on this socket, against the server's budget
+        self._budget_spent = False  # the server said text_too_long
         self._register_event_handler("on_heard")
 
     @property
@@ -190,7 +198,10 @@ class StreamTTSService(WebsocketTTSService):
             if not self._websocket:
                 yield ErrorFrame(error=f"{self}: not connected to {self._url}")
                 return
+            if context_id not in self._live and not self._live and self._needs_new_socket(text):
+                await self._replace_socket()
             self._live.setdefault(context_id, 0)
+            self._chars_sent += len(text)
             await self._queue_text(context_id, text)
             await self.start_tts_usage_metrics(text)
             yield None
@@ -224,6 +235,25 @@ class StreamTTSService(WebsocketTTSService):
                 await self._close_context(ctx)
 
     # ---- connection ---------------------------------------------------------------------------
+
+    def _needs_new_socket(self, text: str) -> bool:
+        return self._budget_spent or self._chars_sent + len(text) > self._socket_chars * 0.8
+
+    async def _replace_socket(self):
+        """A fresh socket between turns (the old one's character budget is spent). Not through
+        _disconnect: that would end the audio context the base just opened for this turn."""
+        old, self._websocket = self._websocket, None
+        if self._receive_task:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        if old:
+            try:
+                await old.close()
+            except Exception as e:
+                logger.debug(f"{self}: closing the spent socket: {e}")
+        await self._connect_websocket()
+        if self._websocket:
+            self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
 
     async def _connect(self):
         await super()._connect()
@@ -262,6 +292,8 @@ class StreamTTSService(WebsocketTTSService):
                                      "with contexts: it is older than the contexts protocol")
             self._websocket = ws
             self._live.clear()
+            self._chars_sent = 0
+            self._budget_spent = False
             await self._call_event_handler("on_connected")
         except Exception as e:
             self._websocket = None
@@ -389,6 +421,8 @@ class StreamTTSService(WebsocketTTSService):
             return
         if code == "no_speakable_text":
             return  # an emoji-only LLM piece: nothing to say, nothing lost
+        if code == "text_too_long":
+            self._budget_spent = True  # the next turn takes a fresh socket
         await self.push_error(error_msg=f"{self}: {code}: {message}")
         if ctx and code in ("server_busy", "too_many_contexts"):
             # The context's text was dropped: end its audio context rather than wait for audio.
