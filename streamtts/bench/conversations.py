@@ -190,6 +190,8 @@ class Turn:
                 "queue_wait_ms": (1000.0 * (self.t_first_audio - self.t_queued)
                                   if self.queued and self.t_first_audio and self.t_queued else None),
                 "refused": self.refused, "failed": self.failed, "segments": self.segments,
+                # first text -> cancel: the time the turn held (or waited for) a stream slot
+                "slot_s": (self.t_cancel - self.t_first_text) if self.t_cancel and self.t_first_text else None,
                 "audio_s": sum(n for _, n in self.pieces) / SR,
                 "cancel_to_cancelled_ms": (1000.0 * (self.t_cancelled - self.t_cancel)
                                            if self.t_cancel and self.t_cancelled else None),
@@ -449,6 +451,8 @@ class Watch:
                 "capacity_median": statistics.median(caps) if caps else None,
                 "capacity_trace": [int(c) for c in caps],
                 "admitted_max": max(adm, default=None), "queued_max": max(q, default=None),
+                "admitted_mean": round(statistics.mean(adm), 2) if adm else None,
+                "queued_mean": round(statistics.mean(q), 2) if q else None,
                 "server_rss_mb_max": round(max(rss) / 2**20, 1) if rss else None,
                 "samples": len(self.samples)}
 
@@ -510,6 +514,9 @@ def summarize(calls: Sequence[Call], wall_s: float, tolerance_s: float) -> dict:
         "cancel_to_cancelled_ms_max": max((t.to_json()["cancel_to_cancelled_ms"] or 0.0 for t in turns
                                            if t.interrupted), default=None),
         "talk_ratio_measured": statistics.mean(ratios) if ratios else None,
+        # slots asked for on average (held or waited for): sum of the turns' first text -> cancel over wall
+        "slots_asked_mean": sum(t.t_cancel - t.t_first_text for t in turns
+                                if t.t_cancel and t.t_first_text) / wall_s if wall_s else None,
         "talk_s": sum(c.talk_s for c in calls), "wall_s": wall_s,
         "per_turn": [t.to_json() for t in turns],
     }
