@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # After a replica failed under a chunk, how long the chunk may look for another before the
 # utterance fails (replicas Serve starts again take far longer: they are not waited for).
 FAILOVER_TIMEOUT_S = 1.5
+# A call no replica has taken while none is known for this long fails (no replica is left).
+NO_REPLICA_GRACE_S = 0.3
 POLL_S = 0.25  # how often admission and /metrics follow the replicas' reports
 _EPSILON_S = 1e-6
 
@@ -294,6 +296,27 @@ class ClusterUtterance(Utterance):
             else:
                 return
 
+    async def _first_piece(self, pieces):
+        """The call's first piece; NoReplica once no replica is left to take it (the handle would
+        wait for Serve to start one, which takes far longer than a listener waits)."""
+        nxt = asyncio.ensure_future(pieces.__anext__())
+        empty_since: Optional[float] = None
+        try:
+            while True:
+                done, _ = await asyncio.wait({nxt}, timeout=0.05)
+                if done:
+                    return nxt.result()
+                if self.client.replicas():
+                    empty_since = None
+                    continue
+                now = time.monotonic()
+                empty_since = empty_since or now
+                if now - empty_since > NO_REPLICA_GRACE_S:
+                    raise NoReplica()
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+
     async def _speak(self, chunk, generation: int) -> bool:
         """One chunk through the replicas: True once spoken, False when the utterance failed."""
         client, sr = self.client, self.client.sample_rate
@@ -307,7 +330,15 @@ class ClusterUtterance(Utterance):
             try:
                 client.stats.calls += 1
                 response = client.handle.options(stream=True).synthesize.remote(call)
-                async for piece in response:
+                pieces = response.__aiter__()
+                while True:
+                    if replica is None:  # not yet taken by a replica: one must still exist
+                        piece = await self._first_piece(pieces)
+                    else:
+                        try:
+                            piece = await pieces.__anext__()
+                        except StopAsyncIteration:
+                            break
                     kind = piece[0]
                     if kind == "r":
                         replica = piece[1]
@@ -340,6 +371,11 @@ class ClusterUtterance(Utterance):
                 if response is not None:
                     response.cancel()
                 raise
+            except NoReplica:
+                client.stats.failed += 1
+                self._post(FailedOut(generation, "engine_unavailable",
+                                     "the engine is unavailable: no engine replica is left"))
+                return False
             except Exception as exc:  # the replica died, or the handle could not reach one
                 if _busy(exc):
                     client.stats.failed += 1
@@ -354,12 +390,16 @@ class ClusterUtterance(Utterance):
                 left = [r for r in client.replicas() if r not in avoid]
                 log.warning("chunk %r: replica %s failed (%s: %s); %d left", str(chunk.text)[:20], replica,
                             type(exc).__name__, exc, len(left))
-                if not left or now - first_failure > FAILOVER_TIMEOUT_S:
+                if not left or now - first_failure > FAILOVER_TIMEOUT_S:  # nothing to fail over to
                     client.stats.failed += 1
                     self._post(FailedOut(generation, "engine_unavailable",
                                          "the engine is unavailable: no engine replica is left"))
                     return False
                 await asyncio.sleep(0.02)
+
+
+class NoReplica(Exception):
+    """No replica is left to take a call (Serve would hold it until one is started)."""
 
 
 def _busy(exc: BaseException) -> bool:

@@ -1,0 +1,151 @@
+"""What the cluster path costs against the single-process server, in the same run::
+
+    python -m streamtts.bench.cluster --engine onnx-int8 --vocoder melgan --streams 6 --json bench-cluster.json
+
+For each of ``single`` (``streamtts serve``: one engine in the process) and ``cluster``
+(``streamtts serve --replicas 2``: a local loopback Ray head, two replicas, the same front end),
+as child processes with no phrase cache:
+
+* ``ttfa``: ``--ttfa-runs`` WebSocket utterances one after another (LLM-style fragments, as the
+  capacity benchmark sends them); TTFA from the first text to the first audio, p50 and p99;
+* ``load``: ``--streams`` clients at once; streams held (no underrun past the tolerance), and CPU
+  seconds of the whole process tree (front end, Ray, replicas) per second of audio made: the cores
+  one real-time stream costs.
+
+The JSON has both rows and the differences: ``ttfa_p50_added_ms``, ``cpu_per_stream_added``
+(cores per real-time stream) and ``held_ratio`` (cluster / single).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Optional
+
+import psutil
+
+from streamtts.bench.streams import STALL_TOLERANCE_S, stream_texts, summarize
+from streamtts.bench.ws import _free_port, run_clients
+
+
+class ChildServer:
+    def __init__(self, args: list[str], ready_timeout_s: float = 900.0):
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()
+        cmd = [sys.executable, "-m", "streamtts", "serve", "--port", str(self.port), "--cache-mb", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}): {self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.base + "/ready", timeout=5) as r:
+                    if r.status == 200:
+                        self.ready = json.loads(r.read())
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not get ready in time")
+            time.sleep(0.5)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the server and every process under it (Ray's included)."""
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def measure(mode: str, args: list[str], ttfa_runs: int, streams: int, sentences: int) -> dict:
+    print(f"{mode}: starting `streamtts serve {' '.join(args)}` ...", file=sys.stderr, flush=True)
+    server = ChildServer(args)
+    try:
+        run_clients(server, ["你好，今天天气很好。"], 0.0)  # warm-up (first-call costs), not counted
+        ttfa_logs = []
+        for i in range(ttfa_runs):
+            logs, _ = run_clients(server, stream_texts(1, 1), 0.0)
+            ttfa_logs += logs
+        ttfa = summarize(ttfa_logs)
+        cpu0 = server.cpu_s()
+        logs, wall = run_clients(server, stream_texts(streams, sentences), 2.0)
+        cpu = server.cpu_s() - cpu0
+        load = summarize(logs, STALL_TOLERANCE_S)
+        row = {"mode": mode, "args": args, "engine": server.ready.get("engine"),
+               "capacity": server.ready.get("capacity"),
+               "ttfa_runs": ttfa_runs, "ttfa_ms_p50": ttfa["ttfa_text_ms_p50"], "ttfa_ms_p99": ttfa["ttfa_text_ms_p99"],
+               "streams": streams, "streams_held": load["streams_held"], "streams_failed": load["streams_failed"],
+               "audio_s": load["audio_s"], "wall_s": wall, "cpu_s": cpu,
+               "cpu_per_realtime_stream": cpu / load["audio_s"] if load["audio_s"] else None}
+        print(f"  {json.dumps({k: v for k, v in row.items() if k != 'args'})}", file=sys.stderr, flush=True)
+        return row
+    finally:
+        server.stop()
+
+
+def run(engine: str, vocoder: str, replicas: int, ttfa_runs: int, streams: int, sentences: int,
+        json_path: Optional[str] = None) -> dict:
+    base = ["--engine", engine, "--vocoder", vocoder, "--queue-timeout", "120"]
+    single = measure("single", base, ttfa_runs, streams, sentences)
+    cluster = measure("cluster", base + ["--replicas", str(replicas)], ttfa_runs, streams, sentences)
+
+    def diff(key):
+        a, b = single.get(key), cluster.get(key)
+        return None if a is None or b is None else b - a
+
+    result = {"single": single, "cluster": cluster, "replicas": replicas, "cpu_count": os.cpu_count(),
+              "ttfa_p50_added_ms": diff("ttfa_ms_p50"), "cpu_per_stream_added": diff("cpu_per_realtime_stream"),
+              "held_ratio": (cluster["streams_held"] / single["streams_held"]) if single["streams_held"] else None}
+    print(json.dumps({k: v for k, v in result.items() if k not in ("single", "cluster")}, indent=1))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--engine", default="onnx-int8")
+    p.add_argument("--vocoder", default="melgan")
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--ttfa-runs", type=int, default=15)
+    p.add_argument("--streams", type=int, default=6)
+    p.add_argument("--sentences", type=int, default=2)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    run(a.engine, a.vocoder, a.replicas, a.ttfa_runs, a.streams, a.sentences, a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
