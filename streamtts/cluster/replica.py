@@ -16,7 +16,7 @@ One streaming call speaks one chunk, cut by the front end (``streamtts.cluster.c
 
 A cancelled call (the front end cancels its response) closes its row at the next engine tick;
 the replica's ledger (:meth:`EngineReplica.stats`) keeps when each call saw its cancel and when
-its row was last worked on, so the stop is measured here, not at the listener.
+its row was last worked on, so the stop is known at the replica, not only at the listener.
 
 Deploy with ``build_app(settings)`` (``serve run streamtts.cluster.replica:build_app``, a Serve
 config file, or ``streamtts serve --replicas N``).
