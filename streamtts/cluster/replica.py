@@ -34,6 +34,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 
 # Calls kept in the ledger (stats()): the recent ones, for measuring cancels and routing.
 LEDGER_SIZE = 512
+# Audio is sent in pieces of at least this many seconds (after a call's first piece) ...
+HOLD_S = 0.5
+# ... unless its listener has less than this much audio left before it runs dry.
+URGENT_S = 1.0
 # How often each replica reports its capacity and calls to the routers (seconds).
 ROUTING_STATS_PERIOD_S = 0.25
 
@@ -145,6 +150,7 @@ class EngineReplica:
         self.active: dict[int, dict] = {}  # request id -> its ledger record, while the call runs
         self.ledger: deque[dict] = deque(maxlen=LEDGER_SIZE)
         self.calls = self.cancels = 0
+        self.hold_samples = int(HOLD_S * self.sample_rate)
 
     # ---- Serve hooks ----------------------------------------------------------------------------
     def record_routing_stats(self) -> dict[str, Any]:
@@ -184,17 +190,32 @@ class EngineReplica:
         self.scheduler.command(req, END, 0)
         try:
             yield ("r", self.replica_id, os.getpid())
+            held, held_n, held_s, sent_any = [], 0, 0.0, False
             while True:
                 out = await outs.get()
                 if isinstance(out, AudioOut):
                     n = len(out.audio)
-                    req.delivered(n / self.sample_rate)  # handed to Ray: off this replica's backlog
+                    req.delivered(n / self.sample_rate)  # taken off the core: this replica's flow
                     audio = out.audio[skip:] if skip else out.audio
                     skip = max(0, skip - n)
                     if len(audio):
-                        record["samples"] += len(audio)
-                        yield ("a", audio, out.compute_s * len(audio) / max(1, n))
-                elif isinstance(out, SegmentOut):
+                        held.append(audio)
+                        held_n += len(audio)
+                        held_s += out.compute_s * len(audio) / max(1, n)
+                    # Every yield is a Ray object with its own cost: audio is sent in pieces of
+                    # at least HOLD_S, except the first (time to first audio) and whenever the
+                    # listener would run dry before the piece grew (its deadline is close).
+                    if held and (not sent_any or held_n >= self.hold_samples
+                                 or req.deadline - time.monotonic() < URGENT_S):
+                        record["samples"] += held_n
+                        yield ("a", np.concatenate(held) if len(held) > 1 else held[0], held_s)
+                        held, held_n, held_s, sent_any = [], 0, 0.0, True
+                    continue
+                if held:  # what is held goes before the segment or the end
+                    record["samples"] += held_n
+                    yield ("a", np.concatenate(held) if len(held) > 1 else held[0], held_s)
+                    held, held_n, held_s = [], 0, 0.0
+                if isinstance(out, SegmentOut):
                     yield ("s", out.segment, out.compute_s)
                 elif isinstance(out, FinishedOut):
                     record["outcome"] = "done"

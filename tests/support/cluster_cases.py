@@ -219,6 +219,24 @@ def test_cancel_stops_the_row_at_the_replica(cluster):
     assert stop_s <= 0.1, f"the row was worked on {stop_s * 1000:.0f} ms after the replica saw the cancel"
 
 
+def test_openai_http_through_the_replicas(cluster, int8_engine):
+    """The OpenAI route is the same code over the cluster client: 24 kHz pcm as long as the solo audio."""
+    from streamtts.server.openai_api import OPENAI_VOICES
+    from support.servers import http
+
+    text = "今天天气很好，我们一起去公园散步吧。"
+    calls = cluster.srv.metrics().get("streamtts_cluster_calls", 0.0)
+    status, body = http(cluster.srv.url + "/v1/audio/speech", {"model": "tts-1", "voice": "alloy", "input": text,
+                                                               "response_format": "pcm"}, timeout=120)
+    assert status == 200, body[:300]
+    want = solo(int8_engine, text, OPENAI_VOICES["alloy"], 0)
+    assert abs(len(body) / 2 / 24000 - len(want) / 22050) < 0.01, (len(body), len(want))
+    deadline = time.monotonic() + 10
+    while cluster.srv.metrics().get("streamtts_cluster_calls", 0.0) <= calls and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert cluster.srv.metrics().get("streamtts_cluster_calls", 0.0) > calls
+
+
 def test_replica_killed_mid_utterance_streams_complete_with_solo_audio(cluster, int8_engine):
     cluster.wait_replicas(2)
     want = [solo(int8_engine, *job) for job in LONG_JOBS]
