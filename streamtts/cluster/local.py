@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ def free_port() -> int:
 class LocalHead:
     def __init__(self, temp_dir: Optional[str] = None, port: int = 0, num_cpus: Optional[int] = None):
         # Ray's socket paths must stay short (AF_UNIX): a short directory under /tmp by default
+        self.own_temp = temp_dir is None  # made here: removed at stop
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="streamtts-ray-", dir="/tmp")
         self.port = port or free_port()
         self.num_cpus = num_cpus
@@ -87,10 +89,18 @@ class LocalHead:
         except OSError:
             return ""
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        # Ray starts some workers in sessions of their own (the Serve controller): every process
+        # under the head now is ended by its id if it outlives the head
+        try:
+            import psutil
+
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except Exception:  # psutil missing, or the head gone meanwhile
+            descendants = []
         try:
             os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops what it started
             proc.wait(timeout_s)
@@ -104,6 +114,13 @@ class LocalHead:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for child in descendants:
+            try:
+                child.kill()
+            except Exception:  # already gone
+                pass
+        if self.own_temp:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def connect(address: str) -> None:

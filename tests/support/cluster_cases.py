@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -66,6 +67,7 @@ def cluster(int8_engine):
         import ray
 
         ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 class Cluster:
