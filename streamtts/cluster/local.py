@@ -35,9 +35,25 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int, exclude=()) -> list[int]:
+    """``n`` distinct TCP ports free on loopback now (held open together while chosen, so the
+    kernel cannot hand one out twice), none of them in ``exclude``."""
+    held, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
 
 
 class LocalHead:
@@ -57,12 +73,15 @@ class LocalHead:
     def start(self, timeout_s: float = 180.0) -> "LocalHead":
         Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
         ray = str(Path(sys.executable).with_name("ray"))
+        # every port chosen here, all distinct, on loopback; workers take theirs from a range
+        # below the kernel's ephemeral ports
+        client, node, objects, agent, metrics, runtime_env = free_ports(6, exclude={self.port})
         cmd = [ray, "start", "--head", "--block", f"--node-ip-address={LOOPBACK}", f"--port={self.port}",
                "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-               f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
-               f"--object-manager-port={free_port()}", f"--min-worker-port={20000}", f"--max-worker-port={29999}",
-               f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-               f"--runtime-env-agent-port={free_port()}"]
+               f"--ray-client-server-port={client}", f"--node-manager-port={node}",
+               f"--object-manager-port={objects}", "--min-worker-port=20000", "--max-worker-port=29999",
+               f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
+               f"--runtime-env-agent-port={runtime_env}"]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
         env = {**os.environ, **RAY_ENV}
