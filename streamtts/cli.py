@@ -170,7 +170,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, engine=args.engine, api_keys=tuple(args.api_key or ()),
         allowed_origins=tuple(args.allowed_origin or ()), max_sessions=args.max_sessions,
         prewarm=Path(args.prewarm) if args.prewarm else None, cache_bytes=int(args.cache_mb * 1024 * 1024),
-        limits=Limits(max_session_chars=args.max_session_chars, rate=args.rate, burst=2 * args.rate),
+        limits=Limits(max_session_chars=args.max_session_chars, rate=args.rate, burst=2 * args.rate,
+                      max_contexts=args.max_contexts, context_idle_s=args.context_idle_timeout),
         torch_threads=args.threads, vocoder=args.vocoder, capacity=args.capacity, queue_size=args.queue_size,
         queue_timeout_s=args.queue_timeout, max_batch=args.max_batch,
         wyoming_port=args.wyoming_port, wyoming_host=args.wyoming_host,
@@ -355,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-mb", type=float, default=64, help="phrase cache size in MiB (default 64; 0: off)")
     p.add_argument("--max-session-chars", type=int, default=100_000, help="text per session (default 100000)")
     p.add_argument("--rate", type=float, default=60, help="client messages per second per session (default 60)")
+    p.add_argument("--max-contexts", type=int, default=5, help="live contexts per WebSocket (default 5)")
+    p.add_argument("--context-idle-timeout", type=float, default=20.0,
+                   help="seconds without a message after which a context with nothing in flight is closed "
+                        "(default 20)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: 1 for the torch acoustic backend, else torch's choice)")
     p.add_argument("--wyoming-port", type=int, default=None, metavar="PORT",

@@ -146,6 +146,10 @@ _TABLE = (
     ("bad_speed", 400, False, None, None, "a `speed` outside 0.5-2.0 or not a number"),
     ("bad_instructions", 400, None, None, None, "`instructions` that are not a string of at most 4096 characters"),
     ("text_after_end", None, False, None, None, "`text` after `end`"),
+    ("bad_context", None, False, None, None,
+     "a `context_id` that is not 1-64 characters of `A-Z a-z 0-9 _ - . :`, one on a socket without "
+     "contexts, or `close_context` of no live context"),
+    ("too_many_contexts", None, False, None, None, "a new `context_id` while `--max-contexts` contexts are live"),
     ("no_speakable_text", 400, False, None, KEPT, "nothing to speak: only emoji, symbols or control characters"),
     ("invalid_ssml", 400, False, None, KEPT,
      "an SSML document that is not well-formed or uses a bad value (the message starts `line L, column C:`)"),

@@ -25,6 +25,7 @@ from streamtts.voices import resolve_voice
 CLOSE_CODES = {code: spec.close for code, spec in ERRORS.items() if spec.close is not None}
 MAX_SEED = 2**31 - 1
 _DONE = object()  # outbox placeholder of the `done` message
+NO_CONTEXT = object()  # an error that concerns no context (None is the default context's id)
 
 
 class State(enum.Enum):
@@ -37,9 +38,10 @@ class State(enum.Enum):
 class ProtocolError(Exception):
     """A client mistake with its error code (see docs/protocol.md)."""
 
-    def __init__(self, code: str, message: str, fatal: bool = False):
+    def __init__(self, code: str, message: str, fatal: bool = False, context: object = NO_CONTEXT):
         super().__init__(message)
         self.code, self.message, self.fatal = code, message, fatal
+        self.context = context  # the context_id the message named (its error says it), or NO_CONTEXT
 
     @classmethod
     def from_error(cls, exc: StreamTTSError) -> "ProtocolError":
@@ -73,6 +75,8 @@ class Limits:
     # max_buffered_s), so only a client that sends and never reads reaches it.
     max_outbox_bytes: int = 2 * 1024 * 1024
     max_error_streak: int = 100  # client messages in a row answered with an error: then closed
+    max_contexts: int = 5  # live contexts on one socket (docs/protocol.md "Contexts")
+    context_idle_s: float = 20.0  # a context with no message and nothing in flight this long is closed
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from streamtts.errors import close_code
 from streamtts.protocol.messages import (
     _DONE,
     FRAME_S,
+    NO_CONTEXT,
     CancelEvent,
     EndEvent,
     Event,
@@ -110,7 +111,7 @@ class Session:
         except _Dropped:  # over the rate limit: not spoken, and not a sign of life
             return []
         except ProtocolError as exc:
-            self._client_error(exc.code, exc.message, exc.fatal)
+            self._client_error(exc.code, exc.message, exc.fatal, exc.context)
             return []
         if self.state is not State.CLOSED or events:
             self.valid_at = self.clock()
@@ -124,8 +125,8 @@ class Session:
         self._client_error("binary_not_allowed", "send JSON text frames; binary frames are not accepted")
         return []
 
-    def _client_error(self, code: str, message: str, fatal: bool = False) -> None:
-        self._error(code, message, fatal)
+    def _client_error(self, code: str, message: str, fatal: bool = False, context: object = NO_CONTEXT) -> None:
+        self._error(code, message, fatal, context)
         self.error_streak += 1
         if self.error_streak >= self.limits.max_error_streak and self.state is not State.CLOSED:
             self._error("too_many_errors", f"{self.error_streak} messages in a row were errors; closing",
@@ -202,10 +203,17 @@ class Session:
         kind = msg.get("type")
         if not isinstance(kind, str):
             raise ProtocolError("bad_message", 'message needs a string "type"')
+        return self._route(kind, msg)
+
+    def _route(self, kind: str, msg: dict) -> list[Event]:
+        """A valid JSON message to its handler (a socket with contexts routes by context)."""
         handler = self._HANDLERS.get(kind)
         if handler is None:
             raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}; "
                                                 f"the types are: {', '.join(self._HANDLERS)}")
+        if msg.get("context_id") is not None:
+            raise ProtocolError("bad_context", "this socket has no contexts: send `start` with "
+                                               '"contexts": true (or name a context_id in the first message)')
         return handler(self, msg)
 
     def _on_start(self, msg: dict) -> list[Event]:
@@ -418,8 +426,11 @@ class Session:
             self._outbox.append(data[i:i + step])
         self._check_outbox()
 
-    def _error(self, code: str, message: str, fatal: bool = False) -> None:
-        self._queue(error_message(code, message, fatal))
+    def _error(self, code: str, message: str, fatal: bool = False, context: object = NO_CONTEXT) -> None:
+        msg = error_message(code, message, fatal)
+        if context is not NO_CONTEXT:
+            msg["context_id"] = context
+        self._queue(msg)
         if fatal:
             self.fatal_code = code
             self.state = State.CLOSED

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from streamtts.engine_client import Audio, Busy, Done, Event, Failed, Segment, Slot, Utterance, UtteranceSpec
 from streamtts.protocol import CancelEvent, EndEvent, FlushEvent, Session, StartEvent, State, TextEvent
+from streamtts.protocol.contexts import ContextClosed, ContextSession, Routed, wants_contexts
 from streamtts.server.errors import http_error
 from streamtts.server.state import STATE, ServerState, engine_unavailable
 
@@ -81,24 +82,143 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+class Lane:
+    """One utterance stream of a socket (the socket's only one, or one context's): its slot, its
+    engine utterance and the commands held while it waits for a slot. It takes a stream slot with
+    its first text and gives it back when done or cancelled, so a lane with nothing to say holds
+    none."""
+
+    def __init__(self, conn: "Connection", session: Session, context_id=None):
+        self.conn, self.session, self.context_id = conn, session, context_id
+        self.utt: Optional[Utterance] = None  # the utterance being spoken (it holds `slot`)
+        self.slot: Optional[Slot] = None
+        self.waiting: Optional[asyncio.Task] = None  # the current utterance's wait for a slot
+        # Commands of the utterance that waits for its slot, in order. Bounded by the session's
+        # text limit: texts carry characters, and flushes and the end are kept once each.
+        self.held: list = []
+        self.sending: Optional[Event] = None  # the stream event whose frames the session holds
+
+    async def admit(self) -> None:
+        """Wait for the current utterance's stream slot (told its place), then speak it."""
+        conn = self.conn
+        try:
+            slot = await conn.engine.admission.wait(on_position=self._queued)
+        except Busy as exc:
+            self.waiting = None
+            self.held.clear()
+            conn.metrics.refused.labels(api="ws").inc()
+            self.session.drop_utterance("server_busy", exc.message)
+            conn.wakeup.set()
+            return
+        self.waiting = None
+        if self.session.state is State.CLOSED or conn.lanes.get(self.context_id) is not self:
+            slot.release()
+            return
+        if conn.engine.failure is not None:
+            slot.release()
+            self.session.fail("engine_unavailable", engine_unavailable(conn.state))
+            conn.wakeup.set()
+            return
+        self.slot = slot
+        self._open()
+        held, self.held = self.held, []
+        for event in held:
+            self.command(event)
+        conn.wakeup.set()
+
+    def _open(self) -> None:
+        conn, o = self.conn, self.session.options
+        self.utt = conn.engine.open(UtteranceSpec(o.voice, o.seed, o.speed, api="ws"),
+                                    max_lead_s=conn.state.config.max_lead_s)
+        if self.session.generation:  # a new engine utterance starts at generation 0
+            self.utt.cancel(self.session.generation)
+        self.utt.stream.bind(conn.loop, conn.wakeup)
+        conn.metrics.requests.labels(api="ws").inc()
+
+    def end_utterance(self) -> None:
+        """The current utterance is over (cancelled, or the socket or context closes): stop waiting
+        for its slot, free its work and give its slot back."""
+        if self.waiting is not None:
+            self.waiting.cancel()  # Admission.wait leaves the queue (or hands a granted slot on)
+            self.waiting = None
+        self.held.clear()
+        self.sending = None
+        if self.utt is not None:
+            self.utt.close()
+            self.utt = None
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+
+    def _queued(self, position: int) -> None:
+        self.session.queued(position)
+        self.conn.wakeup.set()
+
+    def busy(self) -> bool:
+        """Audio of it is being made, or waits for a slot (the session's outbox is the socket's)."""
+        return self.waiting is not None or (self.utt is not None and self.utt.busy)
+
+    def dispatch(self, event) -> None:
+        if isinstance(event, CancelEvent):
+            self.end_utterance()
+            if self.session.state is State.ENDING:  # nothing more will come: it is done
+                self.session.finished(event.generation)
+        elif self.utt is not None:
+            self.command(event)
+        elif isinstance(event, TextEvent) or self.waiting is not None:
+            self._hold(event)
+            if self.waiting is None:  # the utterance's first text: it asks for a slot
+                self.waiting = asyncio.ensure_future(self.admit())
+        elif isinstance(event, EndEvent):  # no text since the last utterance: nothing to say
+            self.session.finished(event.generation)
+        # a flush with nothing to speak does nothing
+
+    def _hold(self, event) -> None:
+        if isinstance(event, (FlushEvent, EndEvent)) and self.held and type(self.held[-1]) is type(event):
+            return  # two flushes in a row are one
+        self.held.append(event)
+
+    def command(self, event) -> None:
+        utt = self.utt
+        if isinstance(event, TextEvent):
+            utt.text(event.generation, event.text)
+        elif isinstance(event, FlushEvent):
+            utt.flush(event.generation)
+        elif isinstance(event, EndEvent):
+            utt.end(event.generation)
+
+    def to_session(self, event: Event) -> None:
+        """One event of the utterance's stream becomes the session's frames and messages."""
+        session = self.session
+        if isinstance(event, Audio):
+            if event.silence:
+                session.pause(event.generation, len(event.samples))
+            else:
+                session.audio(event.generation, event.samples, event.compute_s)
+        elif isinstance(event, Segment):
+            session.segment(event.generation, event, event.compute_s)
+        elif isinstance(event, Done):
+            session.finished(event.generation)
+        elif isinstance(event, Failed):
+            session.fail(event.code, event.message)
+
+
 class Connection:
-    """One socket. Its utterances take a stream slot each: from the first text of an utterance
-    until it is done or cancelled, so a socket with nothing to say holds none."""
+    """One socket: one lane (its utterances, one after another), or one lane per context when
+    the socket turns contexts on (docs/protocol.md "Contexts")."""
 
     def __init__(self, state: ServerState, ws: web.WebSocketResponse, session: Session, transport=None):
         self.state, self.ws, self.session, self.transport = state, ws, session, transport
         self.engine = state.engine
         self.metrics = state.metrics
-        self.options = None  # the session's options (from `start`, or the defaults)
-        self.utt: Optional[Utterance] = None  # the utterance being spoken (it holds `slot`)
-        self.slot: Optional[Slot] = None
-        self._waiting: Optional[asyncio.Task] = None  # the current utterance's wait for a slot
-        # Commands of the utterance that waits for its slot, in order. Bounded by the session's
-        # text limit: texts carry characters, and flushes and the end are kept once each.
-        self._held: list = []
-        self._sending: Optional[Event] = None  # the stream event whose frames the session holds
+        self.lanes: dict = {None: Lane(self, session)}
+        self._turn = 0  # round robin over the lanes' streams
         self.loop = asyncio.get_running_loop()
         self.wakeup = asyncio.Event()
+
+    @property
+    def contexts(self) -> bool:
+        return isinstance(self.session, ContextSession)
 
     async def run(self) -> None:
         self.state.sockets.add(self.ws)
@@ -118,7 +238,9 @@ class Connection:
                 await asyncio.wait({sender}, timeout=_FLUSH_TIMEOUT_S)
         finally:
             sender.cancel()
-            self._end_utterance()  # frees its work and its slot at once
+            for lane in self.lanes.values():
+                lane.end_utterance()  # frees its work and its slot at once
+            self.lanes.clear()
             gauge.dec()
             self.state.sockets.discard(self.ws)
             self.state.connections.discard(self)
@@ -128,67 +250,28 @@ class Connection:
                 except (asyncio.TimeoutError, ConnectionError, RuntimeError):
                     self.abort()
 
-    # ---- admission, per utterance -------------------------------------------------------------
+    def _lane(self, context_id) -> Optional[Lane]:
+        """The lane of a context (made when the context is new)."""
+        lane = self.lanes.get(context_id)
+        if lane is None:
+            ctx = self.session.contexts.get(context_id)
+            if ctx is None:
+                return None
+            lane = self.lanes[context_id] = Lane(self, ctx, context_id)
+        return lane
 
-    async def _admit(self) -> None:
-        """Wait for the current utterance's stream slot (told its place), then speak it."""
-        try:
-            slot = await self.engine.admission.wait(on_position=self._queued)
-        except Busy as exc:
-            self._waiting = None
-            self._held.clear()
-            self.metrics.refused.labels(api="ws").inc()
-            self.session.drop_utterance("server_busy", exc.message)
-            self.wakeup.set()
+    def _prune(self) -> None:
+        """Lanes whose context is gone (done, failed, closed) free their work and slot."""
+        if not self.contexts:
             return
-        self._waiting = None
-        if self.session.state is State.CLOSED:
-            slot.release()
-            return
-        if self.engine.failure is not None:
-            slot.release()
-            self.session.fail("engine_unavailable", engine_unavailable(self.state))
-            self.wakeup.set()
-            return
-        self.slot = slot
-        self._open()
-        held, self._held = self._held, []
-        for event in held:
-            self._command(event)
-        self.wakeup.set()
-
-    def _open(self) -> None:
-        o = self.options
-        self.utt = self.engine.open(UtteranceSpec(o.voice, o.seed, o.speed, api="ws"),
-                                    max_lead_s=self.state.config.max_lead_s)
-        if self.session.generation:  # a new engine utterance starts at generation 0
-            self.utt.cancel(self.session.generation)
-        self.utt.stream.bind(self.loop, self.wakeup)
-        self.metrics.requests.labels(api="ws").inc()
-
-    def _end_utterance(self) -> None:
-        """The current utterance is over (cancelled, or the socket closes): stop waiting for its
-        slot, free its work and give its slot back."""
-        if self._waiting is not None:
-            self._waiting.cancel()  # Admission.wait leaves the queue (or hands a granted slot on)
-            self._waiting = None
-        self._held.clear()
-        self._sending = None
-        if self.utt is not None:
-            self.utt.close()
-            self.utt = None
-        if self.slot is not None:
-            self.slot.release()
-            self.slot = None
-
-    def _queued(self, position: int) -> None:
-        self.session.queued(position)
-        self.wakeup.set()
+        for cid in [c for c in self.lanes if c not in self.session.contexts]:
+            self.lanes.pop(cid).end_utterance()
 
     # ---- client -> server -------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
         idle = self.state.config.idle_timeout_s
+        first = True
         while self.session.state is not State.CLOSED:
             left = idle - self.session.idle_s()
             if left <= 0:
@@ -198,11 +281,16 @@ class Connection:
                 self.session.fail("idle_timeout", f"no valid message for {idle:g} s")
                 self.wakeup.set()
                 return
+            if self.contexts:  # idle contexts are looked at every second or so
+                left = min(left, 1.0)
             try:
                 msg = await self.ws.receive(timeout=left)
             except asyncio.TimeoutError:
+                self._expire()
                 continue
             if msg.type is WSMsgType.TEXT:
+                if first and wants_contexts(msg.data):
+                    self._to_contexts()
                 events = self.session.receive_text(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 events = self.session.receive_bytes(msg.data)
@@ -211,25 +299,40 @@ class Connection:
                     code = getattr(msg.data, "code", None)
                     self.metrics.errors.labels(code="message_too_large" if code == 1009 else "bad_message").inc()
                 return
+            first = False
             for event in events:
                 self._dispatch(event)
+            self._expire()
+            self.wakeup.set()
+
+    def _to_contexts(self) -> None:
+        """The socket's first message turns contexts on: its session routes by context."""
+        old = self.session
+        self.session = ContextSession(limits=old.limits, session_id=old.id, clock=old.clock)
+        self.lanes = {}
+
+    def _expire(self) -> None:
+        if self.contexts:
+            for closed in self.session.expire(lambda cid: cid in self.lanes and self.lanes[cid].busy()):
+                self._dispatch(closed)
             self.wakeup.set()
 
     def _busy(self) -> bool:
         """Audio of this session is being made, is on its way, or waits for a slot."""
-        return (self._waiting is not None or self.session.has_outgoing
-                or (self.utt is not None and self.utt.busy))
+        return self.session.has_outgoing or any(lane.busy() for lane in self.lanes.values())
 
     def active(self) -> bool:
         """An utterance is under way: audio on its way, or text waiting for its sentence's end
         (one still waiting for its slot is not: a drain ends it at once)."""
-        return self.utt is not None and (self._busy() or self.utt.pending_text)
+        return any(lane.utt is not None and (lane.busy() or self.session.has_outgoing or lane.utt.pending_text)
+                   for lane in self.lanes.values())
 
     def going_away(self, message: str) -> None:
         """Server shutdown: end the session now (fatal `going_away`, close code 1001)."""
         self.session.fail("going_away", message)
-        if self._waiting is not None:  # still queued for a slot: stop waiting
-            self._end_utterance()
+        for lane in self.lanes.values():
+            if lane.waiting is not None:  # still queued for a slot: stop waiting
+                lane.end_utterance()
         self.wakeup.set()
 
     def abort(self) -> None:
@@ -239,75 +342,60 @@ class Connection:
 
     def _dispatch(self, event) -> None:
         if isinstance(event, StartEvent):
-            self.options = event.options
-        elif isinstance(event, CancelEvent):
-            self._end_utterance()
-            if self.session.state is State.ENDING:  # nothing more will come: the session is done
-                self.session.finished(event.generation)
-        elif self.utt is not None:
-            self._command(event)
-        elif isinstance(event, TextEvent) or self._waiting is not None:
-            self._hold(event)
-            if self._waiting is None:  # the utterance's first text: it asks for a slot
-                self._waiting = asyncio.ensure_future(self._admit())
-        elif isinstance(event, EndEvent):  # no text since the last utterance: nothing to say
-            self.session.finished(event.generation)
-        # a flush with nothing to speak does nothing
-
-    def _hold(self, event) -> None:
-        if isinstance(event, (FlushEvent, EndEvent)) and self._held and type(self._held[-1]) is type(event):
-            return  # two flushes in a row are one
-        self._held.append(event)
-
-    def _command(self, event) -> None:
-        utt = self.utt
-        if isinstance(event, TextEvent):
-            utt.text(event.generation, event.text)
-        elif isinstance(event, FlushEvent):
-            utt.flush(event.generation)
-        elif isinstance(event, EndEvent):
-            utt.end(event.generation)
+            return  # the session keeps its options
+        if isinstance(event, ContextClosed):
+            lane = self.lanes.pop(event.context_id, None)
+            if lane is not None:
+                lane.end_utterance()
+            return
+        if isinstance(event, Routed):
+            lane = self._lane(event.context_id)
+            if lane is not None:
+                lane.dispatch(event.event)
+            return
+        self.lanes[None].dispatch(event)
 
     # ---- engine -> client -------------------------------------------------------------------
 
-    def _to_session(self, event: Event) -> None:
-        """One event of the utterance's stream becomes the session's frames and messages."""
-        session = self.session
-        if isinstance(event, Audio):
-            if event.silence:
-                session.pause(event.generation, len(event.samples))
-            else:
-                session.audio(event.generation, event.samples, event.compute_s)
-        elif isinstance(event, Segment):
-            session.segment(event.generation, event, event.compute_s)
-        elif isinstance(event, Done):
-            session.finished(event.generation)
-        elif isinstance(event, Failed):
-            session.fail(event.code, event.message)
+    def _next_event(self) -> bool:
+        """Hand the next ready stream event of a lane (round robin) to its session."""
+        lanes = [lane for lane in self.lanes.values() if lane.utt is not None]
+        for i in range(len(lanes)):
+            lane = lanes[(self._turn + i) % len(lanes)]
+            event = lane.utt.stream.next()
+            if event is not None:
+                self._turn = (self._turn + i + 1) % len(lanes)
+                lane.to_session(event)
+                lane.sending = event
+                return True
+        return False
+
+    def _wait_s(self) -> Optional[float]:
+        """Until a lane's pacing lets its next piece go (None: until woken)."""
+        waits = [w for lane in self.lanes.values() if lane.utt is not None and (w := lane.utt.stream.wait_s()) > 0]
+        return min(waits) if waits else None
 
     async def _send_loop(self) -> None:
-        session, ws = self.session, self.ws
+        ws = self.ws
         try:
             while True:
                 self.wakeup.clear()  # every source is looked at below before waiting
+                session = self.session
                 item = session.next_to_send()
                 if item is None:
-                    stream = self.utt.stream if self.utt is not None else None
-                    if self._sending is not None:  # all its frames are written (or dropped by a cancel)
-                        stream.delivered(self._sending)
-                        self._sending = None
+                    self._prune()
+                    for lane in self.lanes.values():  # all their frames are written (or dropped)
+                        if lane.sending is not None:
+                            if lane.utt is not None:
+                                lane.utt.stream.delivered(lane.sending)
+                            lane.sending = None
                     if session.state is State.CLOSED and not session.has_outgoing:
                         await ws.close(code=session.close_code or 1000)
                         return
-                    if stream is not None and session.state is not State.CLOSED:
-                        event = stream.next()
-                        if event is not None:
-                            self._to_session(event)
-                            self._sending = event
-                            continue
-                    wait = stream.wait_s() if stream is not None else 0.0  # > 0: held back by pacing
+                    if session.state is not State.CLOSED and self._next_event():
+                        continue
                     try:
-                        await asyncio.wait_for(self.wakeup.wait(), timeout=wait or None)
+                        await asyncio.wait_for(self.wakeup.wait(), timeout=self._wait_s())
                     except asyncio.TimeoutError:
                         pass
                     continue
