@@ -6,7 +6,6 @@ one-utterance session."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -17,7 +16,7 @@ from streamtts.protocol.contexts import ContextClosed, ContextSession, Routed, t
 from streamtts.protocol.messages import TextEvent
 from streamtts.server import ServerConfig
 from support.servers import ThreadServer
-from support.ws import collect, events, jsend, ws_connect
+from support.ws import collect, events, jsend, read_until, ws_connect
 
 RATE = 22050
 A = "今天天气很好，我们一起去公园散步吧。"
@@ -32,15 +31,6 @@ def server(int8_engine):
     with ThreadServer(config, int8_engine) as srv:
         yield srv
 
-
-def _read_until(ws, stop, timeout: float = 120.0) -> list:
-    items: list = []
-    deadline = time.monotonic() + timeout
-    while not stop(items):
-        assert time.monotonic() < deadline, f"waited {timeout:g} s; got {events(items)}"
-        m = ws.recv(timeout=timeout)
-        items.append(m if isinstance(m, bytes) else json.loads(m))
-    return items
 
 
 def _of(items, cid) -> tuple[bytes, list[dict]]:
@@ -78,7 +68,7 @@ def test_two_contexts_speak_each_its_own_text_on_one_socket(server):
         jsend(ws, type="text", text=B, context_id="b")
         jsend(ws, type="end", context_id="a")
         jsend(ws, type="end", context_id="b")
-        items = _read_until(ws, lambda it: _done("a")(it) and _done("b")(it))
+        items = read_until(ws, lambda it: _done("a")(it) and _done("b")(it))
         for cid, want in (("a", solo_a), ("b", solo_b)):
             audio, evs = _of(items, cid)
             _same(audio, want)
@@ -103,12 +93,12 @@ def test_cancelling_one_context_leaves_the_other_untouched(server):
     with ws_connect(server) as ws:
         jsend(ws, type="text", text=LONG, context_id="a")  # a first message naming a context turns them on
         jsend(ws, type="flush", context_id="a")
-        items = _read_until(ws, lambda it: len(_of(it, "a")[0]) >= RATE)  # half a second of a
+        items = read_until(ws, lambda it: len(_of(it, "a")[0]) >= RATE)  # half a second of a
         assert events(items, "ready")[0]["contexts"] is True
         jsend(ws, type="text", text=B, context_id="b")
         jsend(ws, type="end", context_id="b")
         jsend(ws, type="cancel", context_id="a")
-        more = _read_until(ws, lambda it: _done("b")(it) and any(
+        more = read_until(ws, lambda it: _done("b")(it) and any(
             m.get("type") == "cancelled" and m.get("context_id") == "a" for m in events(it)))
         cut = next(i for i, m in enumerate(more) if isinstance(m, dict) and m["type"] == "cancelled")
         assert not [m for m in more[cut:] if isinstance(m, bytes) and untag(m)[0] == "a"]
@@ -127,7 +117,7 @@ def test_close_context_frees_its_place_and_says_what_was_heard(server):
         jsend(ws, type="close_context", context_id="c0")
         jsend(ws, type="text", text="你好", context_id="c5")
         jsend(ws, type="close_context", context_id="nope")
-        items = _read_until(ws, lambda it: len(events(it, "error")) >= 2 and events(it, "context_closed"))
+        items = read_until(ws, lambda it: len(events(it, "error")) >= 2 and events(it, "context_closed"))
         errors = events(items, "error")
         assert errors[0]["code"] == "too_many_contexts" and errors[0]["context_id"] == "c5"
         assert errors[1]["code"] == "bad_context" and errors[1]["context_id"] == "nope"
@@ -135,7 +125,7 @@ def test_close_context_frees_its_place_and_says_what_was_heard(server):
         assert closed["context_id"] == "c0" and closed["reason"] == "closed" and closed["heard_text"] == ""
         jsend(ws, type="text", text="a" * 10, context_id="bad id!")
         jsend(ws, type="flush", context_id="c5")  # c5 took c0's place: it speaks
-        more = _read_until(ws, lambda it: events(it, "error") and events(it, "segment"))
+        more = read_until(ws, lambda it: events(it, "error") and events(it, "segment"))
         assert events(more, "error")[0]["code"] == "bad_context"
         assert events(more, "segment")[0]["context_id"] == "c5"
 
@@ -143,7 +133,7 @@ def test_close_context_frees_its_place_and_says_what_was_heard(server):
 def test_an_idle_context_is_closed_and_the_socket_lives(server):
     with ws_connect(server) as ws:
         jsend(ws, type="text", text="你好", context_id="idle")  # never flushed: it waits, then goes
-        items = _read_until(ws, lambda it: events(it, "context_closed"), timeout=60)
+        items = read_until(ws, lambda it: events(it, "context_closed"), timeout=60)
         closed = events(items, "context_closed")[0]
         assert closed["context_id"] == "idle" and closed["reason"] == "idle"
         jsend(ws, type="text", text=B, context_id="idle")

@@ -12,7 +12,7 @@ import pytest
 
 from streamtts.server import ServerConfig
 from support.servers import ThreadServer
-from support.ws import collect, events, jsend, ws_connect
+from support.ws import collect, events, jsend, read_until, ws_connect
 
 LONG = "今天天气很好，我们一起去公园散步吧。" * 12  # far longer than any test reads of it
 RATE = 22050
@@ -22,16 +22,6 @@ RATE = 22050
 def engine(int8_engine):
     return int8_engine
 
-
-def _read_until(ws, stop, timeout: float = 120.0) -> list:
-    """Messages (dict or bytes) until ``stop(items)`` holds."""
-    items: list = []
-    deadline = time.monotonic() + timeout
-    while not stop(items):
-        assert time.monotonic() < deadline, f"waited {timeout:g} s; got {events(items)}"
-        m = ws.recv(timeout=timeout)
-        items.append(m if isinstance(m, bytes) else json.loads(m))
-    return items
 
 
 def _audio_s(items) -> float:
@@ -76,14 +66,14 @@ def test_an_utterance_waits_for_a_slot_that_a_cancel_frees(engine):
     with ThreadServer(config, engine) as server:
         with ws_connect(server) as a, ws_connect(server) as b:
             jsend(a, type="text", text=LONG)
-            _read_until(a, lambda items: _audio_s(items) > 0.5)  # a speaks: the only slot is a's
+            read_until(a, lambda items: _audio_s(items) > 0.5)  # a speaks: the only slot is a's
             jsend(b, type="text", text="轮到我了。")
             jsend(b, type="end")
-            first = _read_until(b, _has("queued"))
+            first = read_until(b, _has("queued"))
             assert events(first, "queued") == [{"type": "queued", "position": 0, "utterance": 1}]
             assert not any(isinstance(m, bytes) for m in first)
             jsend(a, type="cancel")  # a's utterance is over: its slot goes to b's
-            _read_until(a, _has("cancelled"))
+            read_until(a, _has("cancelled"))
             items, code = collect(b, timeout=120)
             assert events(items)[-1]["type"] == "done" and code == 1000 and _audio_s(items) > 0.3
             # the socket that cancelled speaks again, with a slot of its next utterance
@@ -99,16 +89,16 @@ def test_a_wait_that_runs_out_fails_that_utterance_and_the_socket_lives(engine):
     with ThreadServer(config, engine) as server:
         with ws_connect(server) as holder, ws_connect(server) as b:
             jsend(holder, type="text", text=LONG)  # holds the slot until it cancels
-            _read_until(holder, lambda items: _audio_s(items) > 0.3)
+            read_until(holder, lambda items: _audio_s(items) > 0.3)
             jsend(b, type="text", text="等不到了。")
             jsend(b, type="end")
-            items = _read_until(b, _has("error"))
+            items = read_until(b, _has("error"))
             error = events(items, "error")[0]
             assert error["code"] == "server_busy" and error["fatal"] is False
             assert not any(isinstance(m, bytes) for m in items)
             assert server.metrics()['streamtts_refused_total{api="ws"}'] == 1
             jsend(holder, type="cancel")
-            _read_until(holder, _has("cancelled"))
+            read_until(holder, _has("cancelled"))
             # the same socket, its next utterance: spoken (the dropped one is not)
             jsend(b, type="text", text="现在可以了。")
             jsend(b, type="end")
@@ -123,9 +113,9 @@ def test_cancelled_and_done_say_what_the_listener_heard(engine):
         with ws_connect(server) as ws:
             jsend(ws, type="text", text=LONG)
             # 3.5 s sent with at most 2 s ahead of the modelled player: it has played 1.5 s or more
-            items = _read_until(ws, lambda items: _audio_s(items) >= 3.5 and len(events(items, "segment")) >= 1)
+            items = read_until(ws, lambda items: _audio_s(items) >= 3.5 and len(events(items, "segment")) >= 1)
             jsend(ws, type="cancel")
-            items += _read_until(ws, _has("cancelled"))
+            items += read_until(ws, _has("cancelled"))
             cancelled = events(items, "cancelled")[0]
             sent_ms = 1000.0 * _audio_s(items)
             assert cancelled["audio_sent_ms"] == pytest.approx(sent_ms, abs=0.2)

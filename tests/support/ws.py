@@ -4,6 +4,7 @@ read everything until the server closes."""
 from __future__ import annotations
 
 import json
+import time
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -35,3 +36,15 @@ def events(items, kind=None) -> list[dict]:
 
 def audio_bytes(items) -> int:
     return sum(len(m) for m in items if isinstance(m, bytes))
+
+
+def read_until(ws, stop, timeout: float = 120.0) -> list:
+    """Messages (dict or bytes) until ``stop(items)`` holds (the deadline is generous: a busy
+    machine may stretch any wait)."""
+    items: list = []
+    deadline = time.monotonic() + timeout
+    while not stop(items):
+        assert time.monotonic() < deadline, f"waited {timeout:g} s; got {events(items)}"
+        m = ws.recv(timeout=timeout)
+        items.append(m if isinstance(m, bytes) else json.loads(m))
+    return items
