@@ -14,7 +14,7 @@ $(BIN)/python:
 # The pinned CPU build of torch goes in first so nothing pulls a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[server,test,livekit,pipecat]"
+	$(BIN)/pip install -q -e ".[server,test,livekit,pipecat,cluster]"
 	touch $(STAMP)
 
 install: $(STAMP)

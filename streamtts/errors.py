@@ -176,7 +176,9 @@ _TABLE = (
     ("idle_timeout", None, True, 1001, CLOSES, "no valid message (Wyoming: no event) for `idle_timeout_s`"),
     # -- the server
     ("going_away", 503, True, 1001, KEPT, "the server is shutting down"),
-    ("engine_unavailable", 503, True, 1011, KEPT, "the engine failed to load, crashed or hangs: restart the process"),
+    ("engine_unavailable", 503, True, 1011, KEPT,
+     "the engine failed to load, crashed or hangs: restart the process (engine replicas: an utterance "
+     "that finds no replica left gets it with `fatal: false` unless its socket has sent `end`)"),
     ("internal", None, True, 1011, KEPT_OR_CLOSES,
      "a bug: the session (Wyoming: the synthesis; a bug in the connection itself closes it) ends, others go on"),
     ("input_too_long", None, True, 1008, KEPT, "a chunk longer than the cuda backend's memory width"),

@@ -200,7 +200,15 @@ class Lane:
         elif isinstance(event, Done):
             session.finished(event.generation)
         elif isinstance(event, Failed):
-            session.fail(event.code, event.message)
+            if (event.code == "engine_unavailable" and self.conn.engine.failure is None
+                    and session.state is State.READY):
+                # The engine lives but could not make this utterance (no engine replica left for
+                # now): that utterance fails, the socket goes on and its next text may find one.
+                session.drop_utterance(event.code, event.message)
+                self.end_utterance()
+                self.conn.wakeup.set()
+            else:
+                session.fail(event.code, event.message)
 
 
 class Connection:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from support.servers import ProcessServer, free_port
-from support.ws import collect, events, jsend, ws_connect
+from support.ws import collect, events, jsend, read_until, ws_connect
 
 REPORT = os.environ.get("STREAMTTS_CLUSTER_REPORT")  # measured figures go here (JSON lines)
 
@@ -195,8 +195,13 @@ def test_cancel_stops_the_row_at_the_replica(cluster):
         jsend(ws, type="start", voice="biaobei", seed=seed, format="pcm_f32le")
         jsend(ws, type="text", text=text)
         jsend(ws, type="end")
-        while not isinstance(ws.recv(timeout=120), bytes):  # its first audio: a chunk is being made
+        while not isinstance(ws.recv(timeout=120), bytes):  # its first audio
             pass
+        deadline = time.monotonic() + 60
+        while not [c for s in cluster.stats().values() for c in s["ledger"]
+                   if c["seed"] == seed and c["outcome"] == "running"]:  # a chunk of it is being made
+            assert time.monotonic() < deadline, "no call of the utterance was under way at a replica"
+            time.sleep(0.01)
         t_cancel = time.monotonic()
         jsend(ws, type="cancel")
         while True:
@@ -278,16 +283,26 @@ def test_replica_killed_mid_utterance_streams_complete_with_solo_audio(cluster, 
 
 def test_no_replica_left_is_a_typed_error_within_two_seconds(cluster):
     stats = cluster.wait_replicas(2)
-    for s in stats.values():
-        os.kill(s["pid"], signal.SIGKILL)
-    with ws_connect(cluster.srv) as ws:
-        jsend(ws, type="start", voice="biaobei", seed=7, format="pcm_f32le")
+    with ws_connect(cluster.srv) as ws, ws_connect(cluster.srv) as bot:
+        for sock in (ws, bot):  # both sockets are open before the replicas go
+            jsend(sock, type="start", voice="biaobei", seed=7, format="pcm_f32le")
+            assert json.loads(sock.recv(timeout=30))["type"] == "ready"
+        for s in stats.values():
+            os.kill(s["pid"], signal.SIGKILL)
         t0 = time.monotonic()
         jsend(ws, type="text", text="今天天气很好，我们一起去公园散步吧。")
         jsend(ws, type="end")
+        jsend(bot, type="text", text="今天天气很好，我们一起去公园散步吧。")
+        jsend(bot, type="flush")  # no `end`: a bot's socket that should outlive the failure
         items, code = collect(ws, timeout=30)
-    took = time.monotonic() - t0
+        took = time.monotonic() - t0
+        failed = read_until(bot, lambda it: events(it, "error"), timeout=30)
+        jsend(bot, type="end")  # it lived: its end is answered with done and a normal close
+        rest, bot_code = collect(bot, timeout=30)
     errors = events(items, "error")
     assert errors and errors[-1]["code"] == "engine_unavailable", events(items)
     report(case="no_replica", error_after_s=round(took, 3), close_code=code)
     assert took <= 2.0, f"the error came after {took:.2f} s"
+    error = events(failed, "error")[-1]
+    assert error["code"] == "engine_unavailable" and error["fatal"] is False, error
+    assert bot_code == 1000 and events(rest)[-1]["type"] == "done", (bot_code, events(rest))
