@@ -21,45 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from typing import Optional
 
 import psutil
 
+from streamtts.bench import ws
 from streamtts.bench.streams import STALL_TOLERANCE_S, stream_texts, summarize
-from streamtts.bench.ws import _free_port, run_clients
+from streamtts.bench.ws import run_clients
 
 
-class ChildServer:
+class ChildServer(ws.ChildServer):
+    """A server of the comparison (single process, or front end of a cluster), with its CPU time."""
+
+    stop_timeout_s = 60.0
+
     def __init__(self, args: list[str], ready_timeout_s: float = 900.0):
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "streamtts", "serve", "--port", str(self.port), "--cache-mb", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}): {self.output()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.base + "/ready", timeout=5) as r:
-                    if r.status == 200:
-                        self.ready = json.loads(r.read())
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the server did not get ready in time")
-            time.sleep(0.5)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        super().__init__(args, ready_timeout_s)
 
     def cpu_s(self) -> float:
         """CPU seconds of the server and every process under it (Ray's included)."""
@@ -76,15 +54,6 @@ class ChildServer:
             except psutil.NoSuchProcess:
                 continue
         return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def measure(mode: str, args: list[str], ttfa_runs: int, streams: int, sentences: int) -> dict:

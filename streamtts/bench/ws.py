@@ -49,28 +49,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """``streamtts serve`` in a child process, until :meth:`stop`."""
+class ChildServer:
+    """``streamtts serve --port P --cache-mb 0 ARGS`` in a child process, ready (its /ready answer
+    in :attr:`ready`) until :meth:`stop`."""
 
-    def __init__(self, engine: str, vocoder: str, capacity: int, queue_size: int,
-                 queue_timeout_s: float = QUEUE_TIMEOUT_S, ready_timeout_s: float = 300.0,
-                 max_sessions: int = 512):
+    stop_timeout_s = 20.0
+
+    def __init__(self, args: Sequence[str], ready_timeout_s: float = 300.0):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()
-        self.engine_stages: Optional[str] = None  # the server's engine name, from /ready
-        cmd = [sys.executable, "-m", "streamtts", "serve", "--port", str(self.port), "--engine", engine,
-               "--vocoder", vocoder, "--capacity", str(capacity), "--queue-size", str(queue_size),
-               "--queue-timeout", str(queue_timeout_s), "--cache-mb", "0", "--max-sessions", str(max_sessions)]
+        self.ready: dict = {}
+        cmd = [sys.executable, "-m", "streamtts", "serve", "--port", str(self.port), "--cache-mb", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}): {self.output()[-2000:]}")
+                raise RuntimeError(f"the server exited ({self.proc.returncode}): {self.output()[-3000:]}")
             try:
                 with urllib.request.urlopen(self.base + "/ready", timeout=5) as r:
                     if r.status == 200:
-                        self.engine_stages = json.loads(r.read()).get("engine")
+                        self.ready = json.loads(r.read())
                         return
             except OSError:
                 pass
@@ -97,10 +96,22 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(20)
+                self.proc.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Server(ChildServer):
+    """The benchmark's server: an engine pair, a pinned capacity and a queue."""
+
+    def __init__(self, engine: str, vocoder: str, capacity: int, queue_size: int,
+                 queue_timeout_s: float = QUEUE_TIMEOUT_S, ready_timeout_s: float = 300.0,
+                 max_sessions: int = 512):
+        super().__init__(["--engine", engine, "--vocoder", vocoder, "--capacity", str(capacity),
+                          "--queue-size", str(queue_size), "--queue-timeout", str(queue_timeout_s),
+                          "--max-sessions", str(max_sessions)], ready_timeout_s)
+        self.engine_stages: Optional[str] = self.ready.get("engine")  # the server's engine name
 
 
 async def _client(url: str, log: StreamLog, offset_s: float) -> None:
