@@ -2,7 +2,8 @@
 (so every Ray process and every client can only talk on loopback). One cluster for all of them:
 `streamtts serve --replicas 2` (a local Ray head, two onnx-int8 + MelGAN replicas, the aiohttp
 front end) as a child process; this process is a second Ray driver that reads the replicas'
-ledgers and kills replicas. The cases run in file order: the last one leaves no replica."""
+ledgers, scales the deployment and kills replicas. The cases run in file order: the last one
+leaves no replica."""
 
 from __future__ import annotations
 
@@ -97,6 +98,53 @@ class Cluster:
                 return stats
             time.sleep(0.5)
         raise AssertionError(f"fewer than {n} replicas after {timeout:g} s: {self.replicas()}")
+
+
+# The engine settings of the fixture's `streamtts serve --replicas 2` (ProcessServer's engine and
+# vocoder, --cache-mb 0), as a Serve config's application args
+APP_ARGS = {"engine": "onnx-int8", "vocoder": "melgan", "cache_bytes": 0}
+
+
+def serve_config_run(replicas: int) -> None:
+    """`serve run CONFIG --non-blocking`: the app as a Serve config (the declarative deploy that
+    `serve deploy` and a RayService make) with ``replicas`` engine replicas. While the config
+    differs only in num_replicas its code version stays, so Serve scales in place (a downscale
+    stops only the replicas beyond the count); the first such deploy replaces the replicas that
+    `streamtts serve` deployed with serve.run."""
+    from ray.serve.scripts import cli
+
+    config = {"proxy_location": "Disabled",
+              "applications": [{"name": "streamtts", "route_prefix": None,
+                                "import_path": "streamtts.cluster.replica:build_app", "args": APP_ARGS,
+                                "deployments": [{"name": "EngineReplica", "num_replicas": replicas}]}]}
+    fd, path = tempfile.mkstemp(suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f)  # JSON is YAML
+        cli.main(["run", path, "--non-blocking"], standalone_mode=False)
+    finally:
+        os.unlink(path)
+
+
+def wait_deployment(cluster: "Cluster", replicas: int, gone=(), timeout: float = 300.0) -> dict[str, dict]:
+    """Until Serve runs exactly ``replicas`` replicas (none stopping or starting), none of them in
+    ``gone``, and both this process and the front end route to just those; their stats."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get("streamtts")
+        states = app.deployments["EngineReplica"].replica_states if app is not None else None
+        live = set(cluster.replicas())
+        if (states == {"RUNNING": replicas} and str(app.status).endswith("RUNNING") and len(live) == replicas
+                and not live & set(gone)
+                and cluster.srv.metrics().get("streamtts_cluster_replicas") == replicas):
+            stats = cluster.stats()
+            if set(stats) == live:
+                return stats
+        time.sleep(0.2)
+    raise AssertionError(f"not {replicas} replicas (without {sorted(gone)}) after {timeout:g} s: "
+                         f"{serve.status().applications.get('streamtts')}, routed: {sorted(cluster.replicas())}")
 
 
 def check_sockets() -> None:
@@ -242,6 +290,52 @@ def test_openai_http_through_the_replicas(cluster, int8_engine):
     while cluster.srv.metrics().get("streamtts_cluster_calls", 0.0) <= calls and time.monotonic() < deadline:
         time.sleep(0.3)
     assert cluster.srv.metrics().get("streamtts_cluster_calls", 0.0) > calls
+
+
+def test_scale_down_lets_the_removed_replica_finish_its_chunks(cluster, int8_engine):
+    """Scaling down from two replicas to one while both hold chunks of long utterances: the replica
+    that goes finishes the calls it holds (graceful shutdown), so every stream completes with its
+    solo audio and nothing fails over. Then back to two replicas for the cases after this one."""
+    old = set(cluster.wait_replicas(2))
+    serve_config_run(2)  # the app as a Serve config, whose num_replicas alone can change next
+    jobs = [(text, voice, seed + 10) for text, voice, seed in LONG_JOBS]  # seeds of this case only
+    seeds = {seed for _, _, seed in jobs}
+    want = [solo(int8_engine, *job) for job in jobs]
+    wait_deployment(cluster, 2, gone=old)
+    failovers = cluster.srv.metrics().get("streamtts_cluster_failovers", 0.0)
+    results: dict = {}
+    threads = [threading.Thread(target=speak, args=(cluster.srv, *job, results, i)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while True:  # both replicas hold a chunk of these utterances: whichever goes has one under way
+        held = {rid: [c for c in s["ledger"] if c["seed"] in seeds and c["outcome"] == "running"]
+                for rid, s in cluster.stats().items()}
+        if len(held) == 2 and all(held.values()):
+            break
+        assert time.monotonic() < deadline, f"the replicas did not both hold a chunk: {held}"
+        time.sleep(0.01)
+    t_scale = time.monotonic()
+    serve_config_run(1)
+    [kept] = wait_deployment(cluster, 1, timeout=120)  # the removed replica has stopped
+    gone_s = time.monotonic() - t_scale
+    [victim] = set(held) - {kept}
+    for t in threads:
+        t.join(300)
+    for i, (text, voice, seed) in enumerate(jobs):
+        items, code, _ = results[i]
+        assert code == 1000 and events(items)[-1]["type"] == "done", (text, events(items)[-1:])
+        ok, why = same_audio(items, want[i])
+        assert ok, (text, why)
+    assert cluster.srv.metrics().get("streamtts_cluster_failovers", 0.0) == failovers, "a chunk was sent again"
+    # the chunks the removed replica held were not made again at the one that stayed
+    made_again = [c for c in cluster.stats()[kept]["ledger"]
+                  if (c["seed"], c["text"]) in {(h["seed"], h["text"]) for h in held[victim]}]
+    assert not made_again, f"chunks of the removed replica were made again: {made_again}"
+    report(case="scale_down", removed=victim, chunks_it_held=len(held[victim]),
+           replica_stopped_after_s=round(gone_s, 3))
+    serve_config_run(2)
+    wait_deployment(cluster, 2)
 
 
 def test_replica_killed_mid_utterance_streams_complete_with_solo_audio(cluster, int8_engine):
