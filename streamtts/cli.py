@@ -176,7 +176,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         queue_timeout_s=args.queue_timeout, max_batch=args.max_batch,
         wyoming_port=args.wyoming_port, wyoming_host=args.wyoming_host,
         lexicon=Path(args.lexicon) if args.lexicon else None)
-    config = replace(config, max_lead_s=args.max_lead, drain_timeout_s=args.drain_timeout)
+    config = replace(config, max_lead_s=args.max_lead, drain_timeout_s=args.drain_timeout,
+                     first_chunk_wait_s=args.first_chunk_wait)
     logging.getLogger("streamtts").setLevel(logging.INFO)
     print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}, vocoder {args.vocoder}; "
           f"Ctrl-C or SIGTERM drains for up to {args.drain_timeout:g} s, then stops)", flush=True)
@@ -344,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "no pacing): a cancel reaches a real-time player after at most this much audio")
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S",
                    help="on SIGTERM/SIGINT, time active utterances get to finish (default 10 s)")
+    p.add_argument("--first-chunk-wait", type=float, default=0.15, metavar="S",
+                   help="an utterance's first text waits this long for a punctuation mark before it is "
+                        "cut at a word boundary and spoken (default 0.15 s; 0: wait for the mark)")
     p.add_argument("--api-key", action="extend", nargs="+", metavar="K",
                    help="accepted API key(s); none: no authentication")
     p.add_argument("--max-sessions", type=int, default=512, metavar="N",

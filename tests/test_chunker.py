@@ -238,3 +238,32 @@ def test_twenty_thousand_chars_one_at_a_time():
     assert all(text[c.start:c.end] == c.text for c in chunks)
     assert len(chunks) > 500
     assert chunks == split_text(text)
+
+
+@pytest.mark.parametrize("text,cut,rest", [
+    ("今天天气很", "今天天气", "很"),  # the last word may still be growing: it stays
+    ("我们明天一起去公园", "我们明天一起去", "公园"),
+    ("hello wor", "hello", "wor"),
+    ("会议定在2026年3月", "会议定在2026年", "3月"),  # never between a number and its unit
+    ("我们买了3", "我们买了", "3"),
+])
+def test_cut_early_cuts_the_first_chunk_before_its_last_word(text, cut, rest):
+    c = SentenceChunker()
+    c.push(text)
+    chunks = c.cut_early()
+    assert [(ch.text, ch.boundary, ch.pause_ms) for ch in chunks] == [(cut, "cut", 0)]
+    assert c.pending == rest and not c.at_start
+    assert c.push("。") == [] and [ch.text for ch in c.flush()] == [rest + "。"]
+
+
+@pytest.mark.parametrize("text", ["今天天气", "你好", "今天{行|hang2", "他说：", "价格是3.1"])
+def test_cut_early_waits_when_too_little_is_certain(text):
+    c = SentenceChunker()
+    c.push(text)
+    assert c.cut_early() == [] and c.pending == text and c.at_start
+
+
+def test_cut_early_only_cuts_the_first_chunk():
+    c = SentenceChunker()
+    assert [ch.text for ch in c.push("你好。我们明天一起去")] == ["你好。"]
+    assert c.cut_early() == [] and c.pending == "我们明天一起去"

@@ -783,3 +783,50 @@ def test_shutdown_fails_every_request_now_and_later():
     assert not h.sched.requests
     h.run()  # one more tick frees the runner's state of the running one; then nothing
     assert h.fake.plans[-1].free == [running.id] and not h.fake.rows
+
+
+def test_a_first_chunk_whose_text_stalls_is_cut_at_a_word_boundary_after_the_wait():
+    # an LLM that stops mid-sentence: the words so far are spoken once the first chunk has
+    # waited first_cut_s for its punctuation; the rest of the sentence follows as usual
+    h = Harness(first_cut_s=0.05)
+    req = h.request()
+    h.say(req, "我们明天一起去", end=False)
+    assert h.run() == 0 and h.outs[req.id] == []  # not yet: the wait has not passed
+    plan = h.sched.schedule(timeout=30.0)  # the scheduler wakes itself when the wait is over
+    assert plan is not None and [b.text for b in plan.begin] == ["我们明天一起"]
+    h.sched.update(plan, h.fake.execute(plan))
+    h.run()
+    h.say(req, "公园散步吧。")
+    h.run()
+    spoken = [e[1] for e in h.heard(req) if e[0] == "segment"]
+    assert spoken == ["我们明天一起", "去公园散步吧。"]
+    assert h.heard(req)[-1] == ("finished",)
+
+
+def test_no_early_cut_when_it_is_off_or_the_chunk_is_not_the_first():
+    h = Harness(first_cut_s=0.0)
+    req = h.request()
+    h.say(req, "我们明天一起去", end=False)
+    assert h.sched.schedule(timeout=0.3) is None  # waits for the punctuation
+    h2 = Harness(first_cut_s=0.05)
+    req2 = h2.request()
+    h2.say(req2, "你好。我们明天一起去", end=False)
+    h2.run()
+    assert h2.sched.schedule(timeout=0.3) is None  # "你好。" was the first chunk: the rest waits
+    assert [e[1] for e in h2.heard(req2) if e[0] == "segment"] == ["你好。"]
+
+
+def test_computing_turns_false_once_the_text_is_synthesized_and_wakes_the_consumer():
+    h = Harness()
+    req = h.request()
+    woken = []
+    req.on_idle = lambda: woken.append(True)
+    h.say(req, "你好。今天", end=False)
+    assert req.seen < req.sent  # sent, not yet read: the consumer counts it as work
+    h.tick()
+    assert req.seen == req.sent and req.computing  # a chunk under way
+    h.run()
+    assert req.computing and not woken  # "今天" waits for its sentence's end: still work to come
+    h.say(req, "很好。", end=False, flush=True)
+    h.run()
+    assert not req.computing and woken == [True]  # all of it is audio now

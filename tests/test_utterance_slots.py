@@ -134,3 +134,40 @@ def test_cancelled_and_done_say_what_the_listener_heard(engine):
             done = events(rest, "done")[0]
             assert done["audio_sent_ms"] == pytest.approx(1000.0 * _audio_s(rest), abs=0.2)
             assert 0.0 <= done["heard_ms"] <= done["audio_sent_ms"] and code == 1000
+
+
+def test_a_slot_counts_compute_so_a_turn_that_plays_out_lets_the_next_one_in(engine):
+    # capacity 1: a's turn is synthesized, then only played out (its utterance is still open, it
+    # never sent `end`); b's utterance needs no wait for that, and a's more text takes a slot again
+    config = ServerConfig(port=0, static_dir=None, capacity=1, queue_size=4, queue_timeout_s=120.0)
+    with ThreadServer(config, engine) as server:
+        with ws_connect(server) as a, ws_connect(server) as b:
+            jsend(a, type="text", text="你好，欢迎光临。")
+            jsend(a, type="flush")
+            first = read_until(a, lambda items: _audio_s(items) > 0.2)
+            _wait_for(lambda: _admitted(server) == 0)  # all of a's text is audio: its slot is back
+            jsend(b, type="text", text="轮到我了。")
+            jsend(b, type="end")
+            items, code = collect(b, timeout=120)
+            types = [e["type"] for e in events(items)]
+            assert "queued" not in types and types[-1] == "done" and code == 1000 and _audio_s(items) > 0.3
+            jsend(a, type="text", text="我们继续。")
+            jsend(a, type="end")
+            rest, code = collect(a, timeout=120)
+            spoken = "".join(s["text"] for s in events(first + rest, "segment"))
+            assert spoken == "你好，欢迎光临。我们继续。" and events(rest)[-1]["type"] == "done" and code == 1000
+        _wait_for(lambda: _admitted(server) == 0 and server.state.engine.admission.queued == 0)
+
+
+def test_text_that_stalls_mid_sentence_starts_speaking_after_the_first_chunk_wait(engine):
+    config = ServerConfig(port=0, static_dir=None, capacity=2, first_chunk_wait_s=0.15)
+    with ThreadServer(config, engine) as server:
+        with ws_connect(server) as ws:
+            jsend(ws, type="text", text="我们明天一起去")  # an LLM's tokens so far, then nothing for a while
+            items = read_until(ws, lambda items: _audio_s(items) > 0.2 and _has("segment")(items), timeout=60)
+            assert [s["text"] for s in events(items, "segment")] == ["我们明天一起"]
+            jsend(ws, type="text", text="公园散步吧。")
+            jsend(ws, type="end")
+            rest, code = collect(ws, timeout=120)
+            spoken = [s["text"] for s in events(items + rest, "segment")]
+            assert "".join(spoken) == "我们明天一起去公园散步吧。" and code == 1000

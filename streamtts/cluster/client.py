@@ -165,6 +165,7 @@ class ClusterUtterance(Utterance):
         self.chunks: deque = deque()
         self.generation = 0
         self.ending = False
+        self.first_text_at: Optional[float] = None  # when the first chunk's text began to wait
         self.over = False  # finished, failed or closed: later commands are ignored
         self.pause = 0  # samples of silence owed before the next chunk's speech
         self.t_ref, self.produced_s = time.monotonic(), 0.0  # deadline = t_ref + produced_s
@@ -206,6 +207,12 @@ class ClusterUtterance(Utterance):
         return self.has_work or self.inflight_s > _EPSILON_S or self.stream.pending
 
     @property
+    def computing(self) -> bool:
+        # (its state lives on the loop, the consumer's thread: a change there is followed by the
+        # consumer's next look, after the output that came with it woke it)
+        return not self.over and (bool(self.chunks) or self.speaking or bool(self.chunker.pending))
+
+    @property
     def pending_text(self) -> bool:
         return bool(self.chunker.pending)
 
@@ -218,6 +225,25 @@ class ClusterUtterance(Utterance):
         if self.over or generation != self.generation:
             return
         self._add(self.chunker.push(text))
+        self._cut_first()
+
+    def _cut_first(self) -> None:
+        """As the in-process scheduler does (SchedulerConfig.first_cut_s): the first chunk's text
+        that has waited long enough for its end is cut at a word boundary; a timer tries once
+        the wait is over, and every later text tries again."""
+        chunker, cut_s = self.chunker, self.client.config.first_chunk_wait_s
+        if self.over or cut_s <= 0 or not chunker.pending or not chunker.at_start:
+            self.first_text_at = None
+            return
+        now = time.monotonic()
+        if self.first_text_at is None:
+            self.first_text_at = now
+            self.loop.call_later(cut_s, self._cut_first)
+        elif now - self.first_text_at >= cut_s - 0.005:  # a timer may fire a hair early
+            chunks = chunker.cut_early()
+            if chunks:
+                self.first_text_at = None
+                self._add(chunks)
 
     def _flush(self, generation: int, end: bool) -> None:
         if self.over or generation != self.generation:
@@ -286,6 +312,8 @@ class ClusterUtterance(Utterance):
                 self.speaking = True
                 ok = await self._speak(chunk, self.generation)
                 self.speaking = False
+                if not self.chunks:
+                    self.stream.poke()  # nothing left to compute: its slot may go
                 if not ok:
                     self.over = True
                     return

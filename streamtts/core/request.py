@@ -71,6 +71,18 @@ class Request:
         self.chunk_count = 0
         self.generation = 0
         self.ending = False
+        # when the first chunk's text began to wait for its end (the scheduler may cut it early),
+        # and whether a cut was tried on the text there is now
+        self.first_text_at: Optional[float] = None
+        self.cut_tried = False
+        # Whether it has text left to synthesize, as the scheduler last planned it, for the
+        # consumer's thread: commands sent (consumer) and read (scheduler); `computing` and
+        # `seen` (commands it accounts for) are written by the scheduler, in that order.
+        self.sent = 0
+        self.read = 0
+        self.computing = False
+        self.seen = 0
+        self.on_idle: Optional[Callable[[], None]] = None  # called when `computing` turns False
         self.status = Status.IDLE
         self.pause = 0  # samples of silence owed before the next chunk
         self.t_ref = time.monotonic()  # deadline = t_ref + produced_s: when its listener runs dry

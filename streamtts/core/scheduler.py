@@ -85,6 +85,11 @@ class SchedulerConfig:
     min_window: int = 48  # otherwise a row waits until it has this many frames to vocode
     max_lead_frames: int = 192  # decoded but not yet vocoded frames a row may run ahead
     max_buffered_s: float = 5.0  # pause a request whose consumer holds this much unplayed audio
+    # Text of an utterance's first chunk that has waited this long for a punctuation mark or the
+    # first chunk's cap is cut at a word boundary (the chunker's cut_early), so slow text (an
+    # LLM's tokens) still starts speaking soon; 0: wait for the mark or the cap.
+    first_cut_s: float = 0.15
+    first_cut_chars: int = 4  # speakable chars an early first chunk needs at least
     first_delay: int = 17  # decoder frames before a chunk's first audio frame is exact
     sample_rate: int = 22050
     hop_length: int = 256
@@ -146,6 +151,7 @@ class Scheduler:
         self._dirty = False
         self.closed: Optional[tuple[str, str]] = None  # (code, message) once shut down
         self.lexicon: Optional[Lexicon] = None  # the core's user lexicon (EngineCore sets it)
+        self._cut_due: Optional[float] = None  # when the next first-chunk cut may be tried
 
     def shutdown(self, code: str, message: str) -> None:
         """The engine cannot go on (any thread): fail every request now and every later one on
@@ -175,6 +181,7 @@ class Scheduler:
         self.wake()
 
     def command(self, req: Request, kind: str, *args) -> None:
+        req.sent += 1  # before the append: a command read is always counted as sent
         req.inbox.append((kind, *args))
         self.wake()
 
@@ -205,9 +212,13 @@ class Scheduler:
                 return plan
             with self._cond:
                 if not self._dirty:
-                    left = None if end is None else end - time.monotonic()
+                    now = time.monotonic()
+                    left = None if end is None else end - now
                     if left is not None and left <= 0:
                         return None
+                    if self._cut_due is not None:  # wake to cut a first chunk that waited long enough
+                        due = max(0.0, self._cut_due - now)
+                        left = due if left is None else min(left, due)
                     self._cond.wait(left)
                 self._dirty = False
 
@@ -218,6 +229,9 @@ class Scheduler:
             self.requests[req.id] = req
         for req in list(self.requests.values()):
             self._guarded(req, self._drain, req)
+        cut_s = self.config.first_cut_s
+        self._cut_due = min((r.first_text_at + cut_s for r in self.requests.values()
+                             if r.first_text_at is not None and not r.cut_tried), default=None)
         plan = Plan(free=self._free)
         self._free = []
         cfg = self.config
@@ -240,7 +254,17 @@ class Scheduler:
                 plan.begin.append(Begin(req.id, cur.chunk.text, req.voice, req.seed, req.speed, cur.index))
             plan.decode.append(req.id)
         self._plan_vocoder(plan, live)
+        for req in self.requests.values():
+            self._publish(req, req.has_work or bool(req.chunker.pending))
         return plan
+
+    @staticmethod
+    def _publish(req: Request, computing: bool) -> None:
+        """Tell the consumer's thread whether the request has text left to synthesize."""
+        was, req.computing = req.computing, computing
+        req.seen = req.read
+        if was and not computing and req.on_idle is not None:
+            req.on_idle()
 
     def _classify(self, req: Request, plan: Plan) -> bool:
         """Status of a request this tick; True when it has work the tick may plan."""
@@ -307,8 +331,10 @@ class Scheduler:
 
     def _drain(self, req: Request) -> None:
         had_work = req.has_work
+        got_text = False
         while req.inbox:
             kind, *args = req.inbox.popleft()
+            req.read += 1
             if kind == CLOSE:
                 self._remove(req, Status.FINISHED)
                 return
@@ -323,15 +349,38 @@ class Scheduler:
                 continue  # sent before a cancel that has already been applied
             elif kind == TEXT:
                 req.chunks.extend(req.chunker.push(args[1]))
+                got_text = True
             elif kind in (FLUSH, END):
                 req.chunks.extend(req.chunker.flush())
                 req.ending = req.ending or kind == END
+        self._cut_first(req, got_text)
         if req.has_work and not had_work:
             now = time.monotonic()
             if req.deadline < now:  # its listener has run out of audio: due now
                 req.t_ref, req.produced_s = now, 0.0
                 if self.config.drop_late_pauses:
                     req.pause = 0
+
+    def _cut_first(self, req: Request, got_text: bool) -> None:
+        """Cut the utterance's first chunk early once its text has waited ``first_cut_s`` (see
+        SchedulerConfig). A try that finds no cut is tried again when more text comes."""
+        chunker, cut_s = req.chunker, self.config.first_cut_s
+        if cut_s <= 0 or not chunker.pending or not chunker.at_start:
+            req.first_text_at = None
+            return
+        now = time.monotonic()
+        if req.first_text_at is None:
+            req.first_text_at, req.cut_tried = now, False
+        elif got_text:
+            req.cut_tried = False
+        if req.cut_tried or now - req.first_text_at < cut_s:
+            return
+        chunks = chunker.cut_early(self.config.first_cut_chars)
+        if chunks:
+            req.chunks.extend(chunks)
+            req.first_text_at = None
+        else:
+            req.cut_tried = True
 
     def update(self, plan: Plan, output: RunnerOutput) -> None:
         """Route a tick's results to the requests' sinks."""

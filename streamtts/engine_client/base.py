@@ -73,6 +73,14 @@ class Utterance(abc.ABC):
 
     @property
     @abc.abstractmethod
+    def computing(self) -> bool:
+        """The engine has work of it left: text not yet synthesized (a chunk under way or waiting,
+        text waiting for its sentence's end, commands not yet read). False once everything sent
+        so far is audio, though that audio may still be on its way to the listener: what a stream
+        slot counts. A consumer is woken (its stream's wake) when it turns False."""
+
+    @property
+    @abc.abstractmethod
     def pending_text(self) -> bool:
         """Text waits for its sentence's end before it is spoken."""
 

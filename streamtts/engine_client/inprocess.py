@@ -67,6 +67,7 @@ class InProcessUtterance(Utterance):
         self.request = Request(spec.voice, spec.seed, spec.speed, sink=stream.push, api=spec.api,
                                chunker_options=spec.chunker_options or {})
         stream.on_delivered = self._delivered
+        self.request.on_idle = stream.poke
         self._closed = False
         scheduler.add_request(self.request)
 
@@ -92,6 +93,15 @@ class InProcessUtterance(Utterance):
     def busy(self) -> bool:
         req = self.request
         return req.has_work or req.backlog_s > _EPSILON_S or bool(req.inbox) or self.stream.pending
+
+    @property
+    def computing(self) -> bool:
+        req = self.request
+        if req.status in (Status.FINISHED, Status.FAILED):
+            return False
+        # `seen` first: the scheduler writes `computing` before `seen`, so a `seen` that counts
+        # every command sent comes with a `computing` that took them all into account
+        return req.seen < req.sent or req.computing
 
     @property
     def pending_text(self) -> bool:
@@ -267,7 +277,8 @@ class Worker:
             torch.set_num_threads(threads)  # process-wide; this thread is torch's only user
         sched_cfg = scheduler_config_for(
             self.engine, blocks=BlockSchedule(cfg.block_first, cfg.block_rest), max_batch=cfg.max_batch,
-            vocode_frames=cfg.vocode_frames, max_buffered_s=cfg.max_buffered_s)
+            vocode_frames=cfg.vocode_frames, max_buffered_s=cfg.max_buffered_s,
+            first_cut_s=cfg.first_chunk_wait_s)
         self.core = EngineCore(self.engine, None, sched_cfg, on_tick=self._on_tick, scheduler=self.scheduler,
                                lexicon=self.lexicon)
         warm_up(self.lexicon)  # dictionaries of the text frontend and the lexicon's word segmenter

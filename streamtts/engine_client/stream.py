@@ -118,6 +118,16 @@ class OutputStream:
         if self.notify is not None:
             self.notify()
 
+    def poke(self) -> None:
+        """Wake the consumer without an output (any thread): the utterance's state changed."""
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # the loop is closed: nobody to wake
+                pass
+        if self.notify is not None:
+            self.notify()
+
     # ---- consumer -------------------------------------------------------------------------------
     def next(self, now: Optional[float] = None) -> Optional[Event]:
         """The next event, or None: nothing has come, or audio is held back by pacing."""

@@ -55,6 +55,10 @@ class ServerConfig:
     # Audio a stream may be ahead of its listener's real-time clock (see streamtts/audio/pacing.py);
     # a cancel reaches a playback-speed reader after at most this much audio. <= 0: no pacing.
     max_lead_s: float = 2.0
+    # An utterance's first chunk waits this long for a punctuation mark or its cap, then is cut at
+    # a word boundary (see SchedulerConfig.first_cut_s): the first audio of slow text (an LLM's
+    # tokens) does not wait for the first comma. 0: wait for the mark or the cap.
+    first_chunk_wait_s: float = 0.15
     drain_timeout_s: float = 10.0  # on SIGTERM/SIGINT: time active utterances get to finish
     tick_deadline_s: float = 30.0  # an engine tick running longer means the engine is stuck
     idle_timeout_s: float = 300.0  # a WebSocket with no client message for this long is closed

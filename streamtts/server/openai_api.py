@@ -36,7 +36,8 @@ import numpy as np
 from aiohttp import web
 
 from streamtts.constants import DEFAULT_SEED
-from streamtts.engine_client import FRAME_S, Audio, Busy, Done, Event, OutputStream, Segment, Utterance, UtteranceSpec
+from streamtts.engine_client import (FRAME_S, Audio, Busy, Done, Event, OutputStream, Segment, Slot, Utterance,
+                                     UtteranceSpec)
 from streamtts.protocol import AudioEncoder
 from streamtts.server import sse
 from streamtts.server.errors import http_error
@@ -109,7 +110,7 @@ async def _handle(request: web.Request, rid: str) -> web.StreamResponse:
                 return http_error("going_away", _GOING_AWAY, metrics=metrics)
             if state.engine.failure is not None:
                 return http_error("engine_unavailable", engine_unavailable(state), metrics=metrics)
-            return await _stream(request, state, sp, rid, t0)
+            return await _stream(request, state, sp, rid, t0, slot)
         finally:
             slot.release()
 
@@ -201,7 +202,8 @@ class _Body:
         return self._get
 
 
-async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str, t0: float) -> web.StreamResponse:
+async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str, t0: float,
+                  slot: Slot) -> web.StreamResponse:
     # The stream paces audio to the listener's clock; what waits in it and in the socket's
     # buffers is the utterance's backlog, which pauses its synthesis at max_buffered_s.
     utt = state.engine.open(UtteranceSpec(sp.voice, DEFAULT_SEED, sp.speed, api="http"),
@@ -229,6 +231,8 @@ async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str, t0: 
         await body.send(encoder.start())
         while True:
             event = await body.next(stream)
+            if slot.held and not utt.computing:  # all of it synthesized: the slot counts compute
+                slot.release()
             if isinstance(event, Audio):
                 data = pcm.silence(len(event.samples)) if event.silence else pcm.encode(event.samples)
                 await body.send(encoder.encode(data))

@@ -85,8 +85,10 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
 class Lane:
     """One utterance stream of a socket (the socket's only one, or one context's): its slot, its
     engine utterance and the commands held while it waits for a slot. It takes a stream slot with
-    its first text and gives it back when done or cancelled, so a lane with nothing to say holds
-    none."""
+    its first text and gives it back once the engine has nothing of it left to compute (all its
+    text spoken, its audio possibly still being paced out), or when done or cancelled; more text
+    takes a slot again. So a lane with nothing to say holds none, and a slot counts the streams
+    the engine computes, which is what the capacity is measured in."""
 
     def __init__(self, conn: "Connection", session: Session, context_id=None):
         self.conn, self.session, self.context_id = conn, session, context_id
@@ -120,7 +122,8 @@ class Lane:
             conn.wakeup.set()
             return
         self.slot = slot
-        self._open()
+        if self.utt is None:  # its first text (later text goes on in the utterance it began)
+            self._open()
         held, self.held = self.held, []
         for event in held:
             self.command(event)
@@ -163,15 +166,22 @@ class Lane:
             self.end_utterance()
             if self.session.state is State.ENDING:  # nothing more will come: it is done
                 self.session.finished(event.generation)
-        elif self.utt is not None:
-            self.command(event)
-        elif isinstance(event, TextEvent) or self.waiting is not None:
+        elif self.waiting is not None:  # after the text that waits for its slot, in order
             self._hold(event)
-            if self.waiting is None:  # the utterance's first text: it asks for a slot
-                self.waiting = asyncio.ensure_future(self.admit())
+        elif self.utt is not None and (self.slot is not None or not isinstance(event, TextEvent)):
+            self.command(event)  # (a flush or the end needs no compute of its own)
+        elif isinstance(event, TextEvent):  # text, and no slot: it asks for one
+            self._hold(event)
+            self.waiting = asyncio.ensure_future(self.admit())
         elif isinstance(event, EndEvent):  # no text since the last utterance: nothing to say
             self.session.finished(event.generation)
         # a flush with nothing to speak does nothing
+
+    def settle(self) -> None:
+        """Give the slot back once the engine has nothing of the utterance left to compute."""
+        if self.slot is not None and self.utt is not None and not self.utt.computing:
+            self.slot.release()
+            self.slot = None
 
     def _hold(self, event) -> None:
         if isinstance(event, (FlushEvent, EndEvent)) and self.held and type(self.held[-1]) is type(event):
@@ -397,6 +407,7 @@ class Connection:
                             if lane.utt is not None:
                                 lane.utt.stream.delivered(lane.sending)
                             lane.sending = None
+                        lane.settle()
                     if session.state is State.CLOSED and not session.has_outgoing:
                         await ws.close(code=session.close_code or 1000)
                         return

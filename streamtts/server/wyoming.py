@@ -493,6 +493,9 @@ class Connection:
             cycle = 0
         while True:
             event = await stream.get()
+            if syn.ended and syn.slot is not None and not syn.utt.computing:
+                syn.slot.release()  # all its text is synthesized: the slot counts compute, not playback
+                syn.slot = None
             if isinstance(event, Audio):
                 samples = len(event.samples)
                 data = encoder.silence(samples) if event.silence else encoder.encode(event.samples)

@@ -167,6 +167,44 @@ class SentenceChunker:
         self._restart()
         return chunks
 
+    @property
+    def at_start(self) -> bool:
+        """The next chunk is the first of the utterance (nothing emitted since the last flush)."""
+        return self._index == 0
+
+    def cut_early(self, min_chars: int = 4) -> list[Chunk]:
+        """Emit the head of the first chunk now, at the last word boundary before the buffer's last
+        word (which may still be growing), when at least ``min_chars`` speakable chars lie before
+        it; [] when there is no such cut yet, or when this is not the first chunk.
+
+        For a caller with a clock: text that comes slowly (an LLM's tokens) would otherwise keep
+        the utterance silent until a punctuation mark or the first chunk's cap arrives. The cut
+        keeps every rule of the cap cut (never inside a number, a Latin word, an inline reading
+        or a user word), and the chunk's pause is none (``cut``)."""
+        if self._index != 0 or not self._buf:
+            return []
+        seg = self._buf
+        groups = _groups(seg, len(seg), final=False)
+        if groups is None:  # an inline reading may be open: wait for its end
+            return []
+        words = _words(seg, self.lexicon)
+        if len(words) < 2:
+            return []
+        limit = len(seg) - len(words[-1])
+        groups += self.lexicon.find(seg)
+        k = self._word_cut(seg, limit, groups)
+        while k is not None and seg[k - 1].isdigit():  # a unit may follow a number (3月, 5个): keep them
+            k = self._word_cut(seg, k - 1, groups)
+        if k is None or sum(ch.isalnum() for ch in seg[:k]) < max(1, min_chars):
+            return []
+        text = seg[:k].rstrip()
+        chunk = Chunk(text, self._index, PAUSE_MS["cut"], self._base, self._base + len(text), "cut")
+        self._index += 1
+        self._buf = seg[k:]
+        self._base += k
+        self._restart()
+        return [chunk] + self._drain(final=False)
+
     def reset(self) -> None:
         """Drop buffered text (barge-in) and end the utterance; offsets keep counting."""
         self._base += len(self._buf)

@@ -57,6 +57,13 @@ class MarkupChunker:
     def flush(self) -> list[Chunk]:
         return self.plain.flush()
 
+    @property
+    def at_start(self) -> bool:
+        return self.plain.at_start
+
+    def cut_early(self, min_chars: int = 4) -> list[Chunk]:
+        return self.plain.cut_early(min_chars)
+
     def reset(self) -> None:
         self.plain.reset()
 
