@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES_FILE = ROOT / "tests" / "support" / "cluster_cases.py"
 CASES = [node.name for node in ast.parse(CASES_FILE.read_text()).body
          if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")]
-RUN_S = 1200  # the whole child run: a cold cluster, four cases (a generous bound, not a timing)
+RUN_S = 1200  # the whole child run: a cold cluster and every case (a generous bound, not a timing)
 
 
 @pytest.fixture(scope="module")
