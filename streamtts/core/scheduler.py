@@ -45,6 +45,7 @@ from typing import Iterator, Optional
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut
 from streamtts.core.request import CANCEL, CLOSE, END, FLUSH, TEXT, ChunkProgress, Request, Status
 from streamtts.core.timing import pause_samples
+from streamtts.text.chunker import EARLY_CUT_CHARS
 from streamtts.text.lexicon import Lexicon
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class SchedulerConfig:
     # first chunk's cap is cut at a word boundary (the chunker's cut_early), so slow text (an
     # LLM's tokens) still starts speaking soon; 0: wait for the mark or the cap.
     first_cut_s: float = 0.15
-    first_cut_chars: int = 4  # speakable chars an early first chunk needs at least
+    first_cut_chars: int = EARLY_CUT_CHARS  # speakable chars an early first chunk needs at least
     first_delay: int = 17  # decoder frames before a chunk's first audio frame is exact
     sample_rate: int = 22050
     hop_length: int = 256

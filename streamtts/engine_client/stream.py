@@ -113,18 +113,18 @@ class OutputStream:
         """An output of the engine core (``AudioOut``, ``SegmentOut``, ``PauseOut``, ``FinishedOut``
         or ``FailedOut``), from whichever thread runs the engine."""
         self._inbox.append(out)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)  # raises once the loop is closed
-        if self.notify is not None:
-            self.notify()
+        self._signal()  # raises once the loop is closed: the engine takes the consumer as gone
 
     def poke(self) -> None:
         """Wake the consumer without an output (any thread): the utterance's state changed."""
+        try:
+            self._signal()
+        except RuntimeError:  # the loop is closed: nobody to wake
+            pass
+
+    def _signal(self) -> None:
         if self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._wake.set)
-            except RuntimeError:  # the loop is closed: nobody to wake
-                pass
+            self._loop.call_soon_threadsafe(self._wake.set)
         if self.notify is not None:
             self.notify()
 

@@ -84,6 +84,7 @@ _ATOM = re.compile(r"[A-Za-z0-9]+(?:[.,:/@_'’&?=+#-]+[A-Za-z0-9]+)*(?:%|[万�
 _FALLBACK_TOKENS = re.compile(r"[A-Za-z0-9]+|\s+|.", re.S)
 _LOOKAHEAD = 8  # chars past the cap that the word-boundary cut looks at
 _MAX_RUN = 16  # longest run of closing marks or spaces looked through (bounds the buffer)
+EARLY_CUT_CHARS = 4  # speakable chars a first chunk cut early (cut_early) needs at least
 
 
 
@@ -172,7 +173,7 @@ class SentenceChunker:
         """The next chunk is the first of the utterance (nothing emitted since the last flush)."""
         return self._index == 0
 
-    def cut_early(self, min_chars: int = 4) -> list[Chunk]:
+    def cut_early(self, min_chars: int = EARLY_CUT_CHARS) -> list[Chunk]:
         """Emit the head of the first chunk now, at the last word boundary before the buffer's last
         word (which may still be growing), when at least ``min_chars`` speakable chars lie before
         it; [] when there is no such cut yet, or when this is not the first chunk.

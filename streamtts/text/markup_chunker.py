@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from streamtts.text.chunker import PAUSE_MS, Chunk, SentenceChunker, split_text
+from streamtts.text.chunker import EARLY_CUT_CHARS, PAUSE_MS, Chunk, SentenceChunker, split_text
 from streamtts.constants import MAX_SPEED, MIN_SPEED
 from streamtts.text.lexicon import Lexicon
 from streamtts.text.markup import MarkedText, Span
@@ -61,7 +61,7 @@ class MarkupChunker:
     def at_start(self) -> bool:
         return self.plain.at_start
 
-    def cut_early(self, min_chars: int = 4) -> list[Chunk]:
+    def cut_early(self, min_chars: int = EARLY_CUT_CHARS) -> list[Chunk]:
         return self.plain.cut_early(min_chars)
 
     def reset(self) -> None:
