@@ -115,6 +115,24 @@ def test_overload_with_a_stream_about_to_run_dry_lowers_before_it_underruns():
     assert ups == [] and est.capacity == 9
 
 
+def test_extra_slots_only_while_every_playing_stream_has_audio_in_hand():
+    est, t = quiet_estimator()
+    t, _ = run_ticks(est, t, 5.0, 1.0, 6)
+    assert est.extra(t, 2.0, 0) == 10  # headroom: as many again
+    assert est.extra(t, None, 2) == 10  # nobody plays yet, two wait for their first audio
+    assert est.extra(t, 0.3, 0) == 0  # a listener is about to run dry
+    assert est.extra(t, 2.0, 3) == 0  # too many still wait for their first audio
+    # after an overload, none until the cool-down is over
+    for _ in range(60):
+        t += 0.1
+        est.tick(t, 0.1, 0.1 / (P + F / 4), 10, 0.2)
+    assert est.extra(t, 2.0, 0) == 0
+    t, _ = run_ticks(est, t, est.policy.overload_cooldown_s + 1.0, 1.0, 6)
+    assert est.extra(t, 2.0, 0) == est.capacity
+    # a pinned capacity means what it says
+    assert CapacityEstimator(CapacityPolicy(), pinned=3).extra(t, 5.0, 0) == 0
+
+
 def test_pinned_capacity_never_changes():
     est = CapacityEstimator(CapacityPolicy(), pinned=3)
     assert est.measured(0.0, calibration(scale=5.0, wait=9.0)) is None

@@ -172,6 +172,37 @@ def test_wait_unless_queues_and_a_stopped_wait_gives_its_place_up():
     asyncio.run(go())
 
 
+def test_extra_slots_admit_past_the_capacity_while_the_engine_has_headroom():
+    async def go():
+        admission = Admission(capacity=2, queue_size=4, queue_timeout_s=DEADLINE_S)
+        a, b = admission.take(), admission.take()
+        waiter = asyncio.create_task(admission.wait())
+        await _until_async(lambda: admission.queued == 1, "not queued at the capacity")
+        admission.set_extra(2)  # headroom: the one in line goes in, and one more may
+        c = await waiter
+        d = admission.take()
+        assert admission.admitted == 4 and admission.limit == 4
+        with pytest.raises(Busy):
+            admission.take()
+        # the headroom goes: nobody loses a slot, and a newcomer waits until the admitted are
+        # under the capacity again, not just under the old limit
+        admission.set_extra(0)
+        late = asyncio.create_task(admission.wait())
+        await _until_async(lambda: admission.queued == 1, "not queued once the headroom went")
+        for slot in (a, b):
+            slot.release()
+        await asyncio.sleep(0)
+        assert not late.done() and admission.admitted == 2
+        c.release()
+        e = await late
+        assert admission.admitted == 2
+        for slot in (d, e):
+            slot.release()
+        assert admission.admitted == 0
+
+    _run(go())
+
+
 # ---- HTTP ------------------------------------------------------------------------------------
 
 def test_http_waits_in_the_queue_then_gets_its_audio(server):

@@ -1,5 +1,5 @@
-"""Admission control: at most ``capacity`` streams are admitted at once, so admitted streams never
-stall. One API for every transport: a :class:`Slot`, taken now or after a wait in a bounded FIFO
+"""Admission control: at most ``capacity`` streams are admitted at once (plus the extra slots
+below), so admitted streams never stall. One API for every transport: a :class:`Slot`, taken now or after a wait in a bounded FIFO
 queue (told its position), given back once. ``Busy`` (``server_busy``) when the queue is full, the
 wait runs out, or the caller does not queue and no slot is free::
 
@@ -12,6 +12,16 @@ wait runs out, or the caller does not queue and no slot is free::
                                               # an exception (client gone, drain), then raises it
     slot = admission.take()          # a slot now or Busy, for a holder that gives it back later
     slot.release()                   # idempotent
+    admission.set_extra(3)           # the engine has headroom now: 3 slots beyond the capacity
+
+Extra slots. ``capacity`` is what the engine keeps at real time with every stream computing at
+once. Conversations are bursty: several turns start together, compute ahead of their listeners,
+then hold their slots while they wait for more text or play out. While the engine has
+headroom (every playing stream has audio in hand, few newcomers still wait for their first
+audio: ``CapacityEstimator.extra``), it lets that many streams more in, so a turn does not queue
+behind streams that are only ahead of their listeners. When the headroom goes, the limit is the
+capacity again: streams admitted meanwhile keep their slots, and newcomers queue until enough
+give theirs back.
 
 Event-loop only (no locks): every method runs on the server's asyncio loop.
 """
@@ -53,6 +63,7 @@ class Slot:
 class Admission:
     def __init__(self, capacity: int, queue_size: int = 16, queue_timeout_s: float = 30.0):
         self.capacity = max(1, int(capacity))
+        self.extra = 0  # slots beyond the capacity while the engine has headroom
         self.queue_size = max(0, int(queue_size))
         self.queue_timeout_s = queue_timeout_s
         self.admitted = 0
@@ -64,8 +75,17 @@ class Admission:
     def queued(self) -> int:
         return len(self._waiting)
 
+    @property
+    def limit(self) -> int:
+        """Streams admitted at most now: the capacity, plus the extra slots of the headroom."""
+        return self.capacity + self.extra if self.capacity else 0
+
     def set_capacity(self, capacity: int) -> None:
         self.capacity = max(0, int(capacity))
+        self._hand_over()
+
+    def set_extra(self, extra: int) -> None:
+        self.extra = max(0, int(extra))
         self._hand_over()
 
     def retry_after_s(self) -> int:
@@ -73,7 +93,7 @@ class Admission:
 
     def take(self) -> Slot:
         """A slot now, if one is free and nobody is queued for it; else Busy."""
-        if self.admitted < self.capacity and not self._waiting:
+        if self.admitted < self.limit and not self._waiting:
             return self._grant()
         self.refused += 1
         self._changed()
@@ -82,7 +102,7 @@ class Admission:
 
     async def wait(self, on_position: Optional[Callable[[int], None]] = None) -> Slot:
         """A slot, after a wait in the queue if none is free (``on_position`` hears its place)."""
-        if self.admitted < self.capacity and not self._waiting:
+        if self.admitted < self.limit and not self._waiting:
             return self._grant()
         if len(self._waiting) >= self.queue_size:
             self.refused += 1
@@ -116,7 +136,7 @@ class Admission:
         """:meth:`wait`, for a caller that nobody cancels when its client leaves (an HTTP handler, a
         Wyoming synthesis): every ``poll_s`` it asks ``stop()``, and an exception returned there
         ends the wait, its place going to the next in line, and is raised."""
-        if self.admitted < self.capacity and not self._waiting:
+        if self.admitted < self.limit and not self._waiting:
             return self._grant()
         waiter = asyncio.ensure_future(self.wait(on_position))
         try:
@@ -160,7 +180,7 @@ class Admission:
         self._tell_positions()
 
     def _hand_over(self) -> None:
-        while self._waiting and self.admitted < self.capacity:
+        while self._waiting and self.admitted < self.limit:
             fut = self._waiting.popleft()
             if fut.done():
                 continue

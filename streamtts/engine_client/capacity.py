@@ -6,6 +6,7 @@ thread::
     est = CapacityEstimator(CapacityPolicy())            # or CapacityEstimator(pinned=8): never changes
     est.measured(now, [Measure(1, audio_s, took_s, wait), Measure(4, ...)])   # calibration, at start
     change = est.tick(now, compute_s, audio_s, streams, slack_s)            # every engine tick
+    est.extra(now, slack_s, newcomers)                   # slots beyond capacity the headroom allows now
     if est.remeasure_due(now): ...speak a calibration on the idle engine, then est.measured(...)
     est.capacity                                         # streams to admit; never below 1
 
@@ -30,6 +31,15 @@ model, an engine thread busy for ``saturated`` of the last ``busy_window_s`` whi
 stream has less than ``low_slack_s`` of audio ahead of its listener is overloaded: held for
 ``lower_after_s``, that lowers the capacity by one and blocks raising for ``overload_cooldown_s``.
 Lowering only stops new admissions; admitted streams keep their slots.
+
+Extra slots. The capacity counts every admitted stream as computing at real time. Conversation
+turns are not: they come in bursts, compute ahead of their listeners, and then hold their slots
+while more text comes or their audio plays out. So while every playing stream with work has at
+least ``extra_slack_s`` of audio ahead of its listener, at most ``extra_newcomers`` streams wait
+for their first audio, and no overload was seen for ``overload_cooldown_s``, ``extra_share`` of
+the capacity more may be admitted (:meth:`extra`); a pinned capacity has none. Earliest deadline
+first serves a newcomer's first block before the streams that are ahead, and those have the audio
+in hand to wait; as soon as one runs low the extra slots go, until enough are given back.
 
 An idle engine has no ticks, so a figure made under load would stay. A calibration whose
 process waited for a CPU for more than ``contended`` of its wall time (other processes competed),
@@ -88,6 +98,9 @@ class CapacityPolicy:
     remeasure_after_s: float = 10.0  # first wait after a suspect calibration; doubles each time
     remeasure_max_s: float = 600.0
     max_capacity: int = 1024
+    extra_share: float = 1.0  # of the capacity: slots beyond it while the engine has headroom
+    extra_slack_s: float = 0.5  # ... that is, while every playing stream has this much audio ahead
+    extra_newcomers: int = 2  # ... and at most this many streams wait for their first audio
 
 
 @dataclass(frozen=True)
@@ -234,6 +247,17 @@ class CapacityEstimator:
         else:
             self._high_since = None
         return None
+
+    def extra(self, now: float, slack_s: Optional[float], newcomers: int) -> int:
+        """Slots beyond the capacity that the headroom allows now: ``slack_s`` is the least audio any
+        playing stream with work has ahead of its listener (None: none is playing), ``newcomers``
+        the streams with work that have no audio yet."""
+        p = self.policy
+        if self.pinned or not self.capacity or now < self._no_raise_until or self._overload_since is not None:
+            return 0
+        if newcomers > p.extra_newcomers or (slack_s is not None and slack_s < p.extra_slack_s):
+            return 0
+        return int(p.extra_share * self.capacity)
 
     def remeasure_due(self, now: float) -> bool:
         """The engine is idle and its figure is suspect and old enough: speak a calibration."""

@@ -187,6 +187,9 @@ class Worker:
                                            pinned=config.capacity or None)
         # called (engine thread) with each new capacity once it serves: admission takes it
         self.on_capacity: Optional[Callable[[int], None]] = None
+        # called (engine thread) when the slots beyond the capacity that the headroom allows change
+        self.on_extra: Optional[Callable[[int], None]] = None
+        self.extra = 0
         self._measuring = False  # calibration ticks are not the live load
         self._hits = self._misses = 0
         # called once it serves, or once it cannot (load failure, crash, stall): see `failure`
@@ -363,14 +366,23 @@ class Worker:
         vocoded = {rid for rid, _ in plan.vocode}
         frames = sum(r.frames for rid, r in out.rows.items() if rid in vocoded)
         audio_s = frames * self.engine.vocoder.hop_length / self.engine.sample_rate
-        streams, slack = 0, None
+        streams, newcomers, slack = 0, 0, None
         for req in self.scheduler.requests.values():
             if req.has_work:
                 streams += 1
                 if req.produced_s > 0 and req.status is Status.RUNNING:
                     left = req.deadline - now
                     slack = left if slack is None else min(slack, left)
+                elif req.produced_s == 0:
+                    newcomers += 1
         self._apply(self.estimator.tick(now, out.seconds, audio_s, max(1, streams), slack))
+        extra = self.estimator.extra(now, slack, newcomers)
+        if extra != self.extra:
+            self.extra = extra
+            if self.metrics is not None:
+                self.metrics.extra_slots.set(extra)
+            if self.on_extra is not None:
+                self.on_extra(extra)
 
     def _on_tick(self, plan: Plan, out: RunnerOutput) -> None:
         if not self._measuring:
@@ -433,8 +445,15 @@ class InProcessEngineClient(EngineClient):
             else:
                 self.admission.set_capacity(capacity)
 
+        def extra_changed(extra: int) -> None:  # engine thread
+            if loop is not None:
+                loop.call_soon_threadsafe(self.admission.set_extra, extra)
+            else:
+                self.admission.set_extra(extra)
+
         self.worker.on_ready = ready
         self.worker.on_capacity = capacity_changed
+        self.worker.on_extra = extra_changed
         self.worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -39,6 +39,8 @@ class Metrics:
                                 registry=r)
         self.capacity = Gauge("streamtts_capacity", "Streams admitted at once (configured, or live: what the engine "
                               "keeps at real time now)", registry=r)
+        self.extra_slots = Gauge("streamtts_extra_slots", "Slots admitted beyond the capacity now, while the engine "
+                                 "has headroom (every playing stream has audio in hand)", registry=r)
         self.admitted = Gauge("streamtts_admitted", "Streams holding a slot now", registry=r)
         self.queued = Gauge("streamtts_queued", "Utterances (any transport) waiting for a stream slot", registry=r)
         self.refused = Counter("streamtts_refused", "Sessions and requests refused for capacity (server_busy)",
