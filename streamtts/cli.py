@@ -345,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "no pacing): a cancel reaches a real-time player after at most this much audio")
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S",
                    help="on SIGTERM/SIGINT, time active utterances get to finish (default 10 s)")
-    p.add_argument("--first-chunk-wait", type=float, default=0.15, metavar="S",
+    p.add_argument("--first-chunk-wait", type=float, default=0.1, metavar="S",
                    help="an utterance's first text waits this long for a punctuation mark before it is "
-                        "cut at a word boundary and spoken (default 0.15 s; 0: wait for the mark)")
+                        "cut at a word boundary and spoken (default 0.1 s; 0: wait for the mark)")
     p.add_argument("--api-key", action="extend", nargs="+", metavar="K",
                    help="accepted API key(s); none: no authentication")
     p.add_argument("--max-sessions", type=int, default=512, metavar="N",

@@ -89,7 +89,7 @@ class SchedulerConfig:
     # Text of an utterance's first chunk that has waited this long for a punctuation mark or the
     # first chunk's cap is cut at a word boundary (the chunker's cut_early), so slow text (an
     # LLM's tokens) still starts speaking soon; 0: wait for the mark or the cap.
-    first_cut_s: float = 0.15
+    first_cut_s: float = 0.1
     first_cut_chars: int = EARLY_CUT_CHARS  # speakable chars an early first chunk needs at least
     first_delay: int = 17  # decoder frames before a chunk's first audio frame is exact
     sample_rate: int = 22050

@@ -58,7 +58,7 @@ class ServerConfig:
     # An utterance's first chunk waits this long for a punctuation mark or its cap, then is cut at
     # a word boundary (see SchedulerConfig.first_cut_s): the first audio of slow text (an LLM's
     # tokens) does not wait for the first comma. 0: wait for the mark or the cap.
-    first_chunk_wait_s: float = 0.15
+    first_chunk_wait_s: float = 0.1
     drain_timeout_s: float = 10.0  # on SIGTERM/SIGINT: time active utterances get to finish
     tick_deadline_s: float = 30.0  # an engine tick running longer means the engine is stuck
     idle_timeout_s: float = 300.0  # a WebSocket with no client message for this long is closed
