@@ -319,3 +319,35 @@ def test_openai_sdk_sse_as_livekit_reads_it(client):
     assert [e["type"] for e in events][-1] == "speech.audio.done"
     samples, rate, _, _ = decode(b"".join(base64.b64decode(e["audio"]) for e in events[:-1]))
     assert rate == 24000 and len(samples) > rate * 0.5
+
+
+def test_a_read_that_completes_as_its_wait_runs_out_loses_nothing(monkeypatch):
+    """The response reads the output stream with a wait that runs out every _POLL_S to look for a
+    client that left; an event that arrives just as a wait runs out is still the next one read.
+    (Stand-ins for the request and the stream: this is the loop's own rule.)"""
+    import asyncio
+    import random
+    import types
+
+    from streamtts.server import openai_api
+
+    monkeypatch.setattr(openai_api, "_POLL_S", 0.0005)  # waits run out all the time
+
+    class Events:
+        def __init__(self):
+            self.n, self.rng = 0, random.Random(0)
+
+        async def get(self):
+            await asyncio.sleep(self.rng.uniform(0.0, 0.002))
+            self.n += 1
+            return self.n - 1
+
+    open_transport = types.SimpleNamespace(is_closing=lambda: False)
+    body = openai_api._Body.__new__(openai_api._Body)
+    body.request, body._get = types.SimpleNamespace(transport=open_transport), None
+
+    async def read_all():
+        stream = Events()
+        return [await body.next(stream) for _ in range(300)]
+
+    assert asyncio.run(read_all()) == list(range(300))

@@ -428,28 +428,25 @@ class InProcessEngineClient(EngineClient):
         if not self.config.capacity:
             self.admission.capacity = 0  # nobody is admitted before the capacity is measured
 
-        def ready() -> None:  # engine thread: capacity known, or loading failed (then let all see it)
-            capacity = self.worker.capacity if self.worker.failure is None else 1 << 20
+        def on_loop(fn: Callable[[int], None], value: int) -> None:
+            """From the engine thread to the admission, which lives on the event loop."""
             if loop is not None:
-                loop.call_soon_threadsafe(self.admission.set_capacity, capacity)
+                loop.call_soon_threadsafe(fn, value)
             else:
-                self.admission.set_capacity(capacity)
+                fn(value)
+
+        def ready() -> None:  # engine thread: capacity known, or loading failed (then let all see it)
+            on_loop(self.admission.set_capacity, self.worker.capacity if self.worker.failure is None else 1 << 20)
             if on_ready is not None:
                 on_ready()
 
         def capacity_changed(capacity: int) -> None:  # engine thread, once it serves
-            if self.worker.failure is not None:
-                return
-            if loop is not None:
-                loop.call_soon_threadsafe(self.admission.set_capacity, capacity)
-            else:
-                self.admission.set_capacity(capacity)
+            if self.worker.failure is None:
+                on_loop(self.admission.set_capacity, capacity)
 
         def extra_changed(extra: int) -> None:  # engine thread
-            if loop is not None:
-                loop.call_soon_threadsafe(self.admission.set_extra, extra)
-            else:
-                self.admission.set_extra(extra)
+            if self.worker.failure is None:
+                on_loop(self.admission.set_extra, extra)
 
         self.worker.on_ready = ready
         self.worker.on_capacity = capacity_changed

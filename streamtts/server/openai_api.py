@@ -188,18 +188,21 @@ class _Body:
 
     async def next(self, stream: OutputStream) -> Event:
         """The stream's next event, looking every _POLL_S whether the client went away meanwhile
-        (a paced stream, or one whose synthesis is paused, may wait long)."""
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(self._pending(stream)), _POLL_S)
-            except asyncio.TimeoutError:
-                if self.gone():
-                    raise ConnectionResetError("the client went away") from None
-
-    def _pending(self, stream: OutputStream) -> asyncio.Future:
-        if self._get is None or self._get.done():
+        (a paced stream, or one whose synthesis is paused, may wait long). The read outlives a
+        wait that runs out, and an event it got is always returned, even one that came just as
+        the wait ran out."""
+        if self._get is None:
             self._get = asyncio.ensure_future(stream.get())
-        return self._get
+        while not self._get.done():
+            await asyncio.wait({self._get}, timeout=_POLL_S)
+            if not self._get.done() and self.gone():
+                raise ConnectionResetError("the client went away")
+        got, self._get = self._get, None
+        return got.result()
+
+    def stop_reading(self) -> None:
+        if self._get is not None and not self._get.done():
+            self._get.cancel()
 
 
 async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str, t0: float,
@@ -257,6 +260,7 @@ async def _stream(request: web.Request, state, sp: SpeechRequest, rid: str, t0: 
     except ConnectionResetError as exc:  # the client went away: nothing to answer, nobody to tell
         log.debug("speech request %s: the client went away after %.1f s of audio (%s)", rid, audio_s, exc)
     finally:
+        body.stop_reading()
         encoder.close()
         utt.close()  # a client that went away frees its work at once
         gauge.dec()
