@@ -1,7 +1,8 @@
 """Admission control: at most ``capacity`` streams are admitted at once (plus the extra slots
-below), so admitted streams never stall. One API for every transport: a :class:`Slot`, taken now or after a wait in a bounded FIFO
-queue (told its position), given back once. ``Busy`` (``server_busy``) when the queue is full, the
-wait runs out, or the caller does not queue and no slot is free::
+below), so admitted streams never stall. One API for every transport: a :class:`Slot`, taken now
+or after a wait in a bounded FIFO queue (told its position), given back once. ``Busy``
+(``server_busy``) when the queue is full, the wait runs out, or the caller does not queue and no
+slot is free::
 
     admission = Admission(capacity=8, queue_size=16, queue_timeout_s=30.0)
     async with admission.slot(queue=True, on_position=session.queued):   # WebSocket: waits in line
