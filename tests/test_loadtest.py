@@ -108,7 +108,8 @@ def test_parity_skips_a_chunk_cut_early_and_compares_the_sentences_after_it():
     cut = np.zeros(900, np.float32)
     log = SessionLog("cut", 0, "slow", "biaobei", 0, width=4)
     log.audio += np.concatenate([cut, cut, bye]).astype("<f4").tobytes()
-    log.utterances.append(Utterance(key[0], key, [("你好", 0, 900), ("朋友。", 900, 1800), ("再见。", 1800, 3600)]))
+    segments = [("你好", 0, 900), ("朋友。", 900, 1800), ("再见。", 1800, 3600)]
+    log.utterances.append(Utterance(key[0], key, segments))
     parity.check(log)
     assert log.violations == [] and parity.summary()["segments_recut"] == 2
     assert parity.summary()["segments_compared"] == 1 and parity.summary()["bit_exact"] == 1
