@@ -87,4 +87,8 @@ def test_conversation_bench_against_a_real_server(tmp_path, pack):
     # the server was watched while the calls ran
     assert row["capacity_at_start"] >= 1 and row["capacity_min"] >= 1 and row["samples"] >= 1
     assert row["server_rss_mb_max"] > 50 and row["admitted_max"] >= 1
+    assert len(row["extra_slots_trace"]) == len(row["capacity_trace"]) and row["extra_slots_mean"] >= 0
+    # ... and its capacity changes come with their reasons, from its log: the calibration first
+    assert row["capacity_changes"] and row["capacity_changes"][0].startswith("capacity: "), row["capacity_changes"]
+    assert "calibrated" in row["capacity_changes"][0]
     assert "| calls | held |" in proc.stdout and "| 2 |" in proc.stdout

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from streamtts.engine_client.capacity import CapacityEstimator, CapacityPolicy, Measure
+from streamtts.core.request import Request, Status
+from streamtts.engine_client.capacity import CapacityEstimator, CapacityPolicy, Load, Measure, load_of
 
 # Fake engine: one stream costs 0.1 s of compute per second of audio alone, four at once 0.075
 # each (a shared cost of 0.1 per tick spread over them). Capacity at 0.8: (0.8 - f) / p.
@@ -131,6 +132,34 @@ def test_extra_slots_only_while_every_playing_stream_has_audio_in_hand():
     assert est.extra(t, 2.0, 0) == est.capacity
     # a pinned capacity means what it says
     assert CapacityEstimator(CapacityPolicy(), pinned=3).extra(t, 5.0, 0) == 0
+
+
+def test_a_turn_that_has_just_started_is_not_taken_for_an_engine_falling_behind():
+    # Calls start turns all the time; each has only its first block ahead for a moment. Its slack
+    # must not count as overload or close the extra slots; an older stream's low slack must.
+    now = 100.0
+
+    def stream(age_s: float, ahead_s: float, produced: bool = True) -> Request:
+        req = Request("biaobei", 0, 1.0, sink=lambda _: None)
+        req.chunks.append(object())  # text to speak: it has work
+        req.status = Status.RUNNING
+        req.t_ref = now - age_s
+        req.produced_s = age_s + ahead_s if produced else 0.0
+        return req
+
+    settle = CapacityPolicy().settle_s
+    young, old, waiting = stream(0.2, 0.1), stream(settle + 5.0, 2.0), stream(0.1, 0.0, produced=False)
+    load = load_of(now, [young, old, waiting], settle)
+    assert (load.streams, load.newcomers, load.slack_s) == (3, 1, pytest.approx(2.0))
+    est, t = quiet_estimator()
+    t, _ = run_ticks(est, t, 5.0, 1.0, 6)
+    assert est.extra(t, load.slack_s, load.newcomers) == est.capacity
+    behind = stream(settle + 5.0, 0.2)
+    load = load_of(now, [young, old, behind], settle)
+    assert load.slack_s == pytest.approx(0.2) and est.extra(t, load.slack_s, load.newcomers) == 0
+    idle = stream(settle + 5.0, -3.0)
+    idle.chunks.clear()  # nothing to say: neither a stream nor a slack
+    assert load_of(now, [idle], settle) == Load(0, 0, None)
 
 
 def test_pinned_capacity_never_changes():

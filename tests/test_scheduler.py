@@ -280,7 +280,7 @@ def test_the_pause_survives_a_first_tick_whose_vocoder_budget_went_to_others():
 # ---- batching and fairness ----------------------------------------------------------------------
 
 def test_every_running_row_decodes_in_every_tick():
-    h = Harness(vocode_frames=100_000)
+    h = Harness(vocode_frames=100_000, blocks=BlockSchedule(rest=64))
     reqs = [h.request() for _ in range(6)]
     for i, req in enumerate(reqs):
         h.say(req, "天" * (5 + 7 * i) + "。")
@@ -337,7 +337,7 @@ def test_a_newcomer_goes_first_with_a_short_first_block():
     h.say(old, "这是一段很长的话" * 12 + "。")
     for _ in range(4):
         plan = h.tick()
-    assert plan.decode == [old.id] and plan.steps == 64
+    assert plan.decode == [old.id] and plan.steps == h.cfg.blocks.rest > h.cfg.blocks.first
     old.produced_s += 30.0  # its listener has half a minute of audio in hand
     new = h.request()
     h.say(new, "你好。")
@@ -352,7 +352,7 @@ def test_a_newcomer_goes_first_with_a_short_first_block():
 
 
 def test_a_newcomer_sets_the_block_of_a_shared_decoder_call():
-    h = Harness()
+    h = Harness(blocks=BlockSchedule(rest=64))
     old = h.request()
     h.say(old, "这是一段很长的话" * 12 + "。")
     for _ in range(4):

@@ -431,7 +431,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Watch:
-    """Samples the server's live capacity, slots, queue and RSS once a second in a thread."""
+    """Samples the server's live capacity, extra slots, slots, queue and RSS once a second in a
+    thread."""
 
     def __init__(self, server: Server):
         self.server = server
@@ -452,6 +453,7 @@ class Watch:
             try:
                 m = self.server.metrics()
                 self.samples.append({"t": time.monotonic(), "capacity": m.get("streamtts_capacity"),
+                                     "extra": m.get("streamtts_extra_slots"),
                                      "admitted": m.get("streamtts_admitted"), "queued": m.get("streamtts_queued"),
                                      "rss": rss_bytes(self.server.proc.pid)})
             except (OSError, RuntimeError):
@@ -461,10 +463,13 @@ class Watch:
         def col(k):
             return [s[k] for s in self.samples if s.get(k) is not None]
 
-        caps, adm, q, rss = col("capacity"), col("admitted"), col("queued"), col("rss")
+        caps, extra, adm, q, rss = col("capacity"), col("extra"), col("admitted"), col("queued"), col("rss")
         return {"capacity_min": min(caps, default=None), "capacity_max": max(caps, default=None),
                 "capacity_median": statistics.median(caps) if caps else None,
                 "capacity_trace": [int(c) for c in caps],
+                # slots beyond the capacity that the headroom allowed, sampled with it
+                "extra_slots_trace": [int(e) for e in extra],
+                "extra_slots_mean": round(statistics.mean(extra), 2) if extra else None,
                 "admitted_max": max(adm, default=None), "queued_max": max(q, default=None),
                 "admitted_mean": round(statistics.mean(adm), 2) if adm else None,
                 "queued_mean": round(statistics.mean(q), 2) if q else None,
@@ -547,7 +552,7 @@ def row(n: int, engine: str, vocoder: str, talk_ratio: float, duration_s: float,
     print(f"{name}: starting the server ({'capacity ' + str(capacity) if capacity else 'live capacity'}) ...",
           file=sys.stderr, flush=True)
     server = Server(engine, vocoder, capacity or 0, queue_size=16, queue_timeout_s=30.0,
-                    max_sessions=max(512, 2 * n))
+                    max_sessions=max(512, 2 * n), verbose=True)
     try:
         _warm(server)
         time.sleep(2.0)  # the warm-up's ticks settle in the live figure
@@ -575,6 +580,7 @@ def row(n: int, engine: str, vocoder: str, talk_ratio: float, duration_s: float,
                            "capacity_at_end": ready_after.get("capacity")}
     out.update(summarize(calls, wall, tolerance_s))
     out.update(watch.summary())
+    out["capacity_changes"] = capacity_changes(server.output())
     out.update({
         "server_rss_mb_before": round(rss0 / 2**20, 1), "server_rss_mb_after": round(rss1 / 2**20, 1),
         "engine_busy": delta("streamtts_tick_seconds_sum") / wall if wall else None,
@@ -594,6 +600,11 @@ def row(n: int, engine: str, vocoder: str, talk_ratio: float, duration_s: float,
           f"{_f(out['turn_ttfa_ms_p50'])}/{_f(out['turn_ttfa_ms_p99'])} ms, capacity "
           f"{out['capacity_min']}-{out['capacity_max']}", file=sys.stderr, flush=True)
     return out
+
+
+def capacity_changes(log: str) -> list[str]:
+    """The server's capacity changes, with their reasons, from its progress log (``-v``)."""
+    return [line.split(": ", 1)[1] for line in log.splitlines() if ": capacity: " in line]
 
 
 def _self_cpu() -> float:

@@ -227,14 +227,13 @@ def run_one(engine_name: str, voice: str = "biaobei", asr: bool = True, limit: O
 
 
 def source_version() -> dict:
-    """The checkout measured: commit, and the engine/core/server files changed since it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The checkout measured: commit, and the runtime files (engines, streamtts) changed since it."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above streamtts/
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engines", "streamtts/core",
-                                "streamtts/server"], cwd=root, capture_output=True, text=True,
-                               timeout=10).stdout.split("\n")
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engines", "streamtts"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": commit or None, "changed": [line[3:] for line in dirty if line.strip()]}

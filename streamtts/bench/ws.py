@@ -50,17 +50,19 @@ def _free_port() -> int:
 
 
 class ChildServer:
-    """``streamtts serve --port P --cache-mb 0 ARGS`` in a child process, ready (its /ready answer
-    in :attr:`ready`) until :meth:`stop`."""
+    """``streamtts [-v] serve --port P --cache-mb 0 ARGS`` in a child process, ready (its /ready
+    answer in :attr:`ready`) until :meth:`stop`; ``verbose``: its progress log (capacity changes
+    and their reasons) in :meth:`output`."""
 
     stop_timeout_s = 20.0
 
-    def __init__(self, args: Sequence[str], ready_timeout_s: float = 300.0):
+    def __init__(self, args: Sequence[str], ready_timeout_s: float = 300.0, verbose: bool = False):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()
         self.ready: dict = {}
-        cmd = [sys.executable, "-m", "streamtts", "serve", "--port", str(self.port), "--cache-mb", "0", *args]
+        cmd = [sys.executable, "-m", "streamtts", *(["-v"] if verbose else []), "serve", "--port", str(self.port),
+               "--cache-mb", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.monotonic() + ready_timeout_s
         while True:
@@ -107,10 +109,10 @@ class Server(ChildServer):
 
     def __init__(self, engine: str, vocoder: str, capacity: int, queue_size: int,
                  queue_timeout_s: float = QUEUE_TIMEOUT_S, ready_timeout_s: float = 300.0,
-                 max_sessions: int = 512):
+                 max_sessions: int = 512, verbose: bool = False):
         super().__init__(["--engine", engine, "--vocoder", vocoder, "--capacity", str(capacity),
                           "--queue-size", str(queue_size), "--queue-timeout", str(queue_timeout_s),
-                          "--max-sessions", str(max_sessions)], ready_timeout_s)
+                          "--max-sessions", str(max_sessions)], ready_timeout_s, verbose)
         self.engine_stages: Optional[str] = self.ready.get("engine")  # the server's engine name
 
 

@@ -58,10 +58,13 @@ class BlockSchedule:
 
     The first block must exceed the acoustic model's and the vocoder's look-ahead (for Tacotron
     + MelGAN 10 + 6 frames) to yield audio at all; 24 gives ~90 ms of first audio quickly. Larger
-    later blocks cost less per step (fewer calls, less vocoder overlap at window edges)."""
+    later blocks cost less per step (fewer calls, less vocoder overlap at window edges), but make
+    each tick longer, and so the wait of every other stream: a server keeps them as short as the
+    vocoder's share of a tick (``SchedulerConfig.vocode_frames``); an offline speaker takes long
+    ones."""
 
     first: int = 24
-    rest: int = 64
+    rest: int = 32
     second: int = 32
 
     def size(self, block: int) -> int:
@@ -81,9 +84,12 @@ class BlockSchedule:
 class SchedulerConfig:
     blocks: BlockSchedule = field(default_factory=BlockSchedule)
     max_batch: int = 64  # rows in one decoder call
-    vocode_frames: int = 80  # frames of audio vocoded per tick, over all requests
+    # Frames of audio vocoded per tick, over all requests. Short ticks let a newcomer's first
+    # block and rows about to run dry in sooner; the vocoder's cost per frame barely grows at
+    # these widths, so throughput stays.
+    vocode_frames: int = 32
     urgent_s: float = 0.5  # a listener with less audio ahead than this is served first
-    min_window: int = 48  # otherwise a row waits until it has this many frames to vocode
+    min_window: int = 32  # otherwise a row waits until it has this many frames to vocode
     max_lead_frames: int = 192  # decoded but not yet vocoded frames a row may run ahead
     max_buffered_s: float = 5.0  # pause a request whose consumer holds this much unplayed audio
     # Text of an utterance's first chunk that has waited this long for a punctuation mark or the

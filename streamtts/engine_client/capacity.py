@@ -28,18 +28,20 @@ would otherwise eat into) for ``lower_after_s`` of ticks before it is lowered (a
 estimate), and above capacity + 1 + ``raise_margin`` for ``raise_after_s`` before it is raised,
 by one. Independently of the
 model, an engine thread busy for ``saturated`` of the last ``busy_window_s`` while a running
-stream has less than ``low_slack_s`` of audio ahead of its listener is overloaded: held for
+stream has less than ``low_slack_s`` of audio ahead of its listener is overloaded (streams that
+started less than ``settle_s`` ago do not count: see :func:`load_of`): held for
 ``lower_after_s``, that lowers the capacity by one and blocks raising for ``overload_cooldown_s``.
 Lowering only stops new admissions; admitted streams keep their slots.
 
 Extra slots. The capacity counts every admitted stream as computing at real time. Conversation
 turns are not: they come in bursts, compute ahead of their listeners, and then hold their slots
-while more text comes or their audio plays out. So while every playing stream with work has at
-least ``extra_slack_s`` of audio ahead of its listener, at most ``extra_newcomers`` streams wait
-for their first audio, and no overload was seen for ``overload_cooldown_s``, ``extra_share`` of
-the capacity more may be admitted (:meth:`extra`); a pinned capacity has none. Earliest deadline
-first serves a newcomer's first block before the streams that are ahead, and those have the audio
-in hand to wait; as soon as one runs low the extra slots go, until enough are given back.
+while more text comes or their audio plays out. So while every settled playing stream with work
+has at least ``extra_slack_s`` of audio ahead of its listener, at most ``extra_newcomers`` streams
+wait for their first audio, and no overload was seen for ``overload_cooldown_s``, ``extra_share``
+of the capacity more may be admitted (:meth:`extra`); a pinned capacity has none. Earliest
+deadline first serves a newcomer's first block before the streams that are ahead, and those have
+the audio in hand to wait; as soon as one runs low the extra slots go, until enough are given
+back.
 
 An idle engine has no ticks, so a figure made under load would stay. A calibration whose
 process waited for a CPU for more than ``contended`` of its wall time (other processes competed),
@@ -56,7 +58,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
+
+from streamtts.core.request import Status
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,38 @@ class CapacityPolicy:
     extra_share: float = 1.0  # of the capacity: slots beyond it while the engine has headroom
     extra_slack_s: float = 0.5  # ... that is, while every playing stream has this much audio ahead
     extra_newcomers: int = 2  # ... and at most this many streams wait for their first audio
+    # A stream whose text came less than this ago has little audio ahead by construction (its
+    # first blocks have just been sent): its slack says nothing about overload or headroom.
+    settle_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """The engine's streams at one tick, as :meth:`CapacityEstimator.tick` and
+    :meth:`CapacityEstimator.extra` take them (:func:`load_of`)."""
+
+    streams: int  # requests with work
+    newcomers: int  # ... of which have made no audio yet
+    slack_s: Optional[float]  # least audio ahead of its listener of a settled playing stream; None: none
+
+
+def load_of(now: float, requests: Iterable, settle_s: float) -> Load:
+    """The :class:`Load` of the scheduler's ``requests`` (``has_work``, ``status``, ``produced_s``,
+    ``t_ref``, ``deadline``: streamtts.core.request.Request). Slack counts only playing streams
+    whose text came ``settle_s`` or more ago: one that has just started has only its first block
+    ahead, and many calls starting turns would otherwise look like an engine falling behind."""
+    streams = newcomers = 0
+    slack = None
+    for req in requests:
+        if not req.has_work:
+            continue
+        streams += 1
+        if req.produced_s == 0:
+            newcomers += 1
+        elif req.status is Status.RUNNING and now - req.t_ref >= settle_s:
+            left = req.deadline - now
+            slack = left if slack is None else min(slack, left)
+    return Load(streams, newcomers, slack)
 
 
 @dataclass(frozen=True)
@@ -203,8 +239,8 @@ class CapacityEstimator:
              slack_s: Optional[float] = None) -> Optional[Change]:
         """One engine tick: ``compute_s`` of wall time that made ``audio_s`` of synthesized audio
         (phrase-cache audio excluded: it costs nothing, and the next stream may not hit it) while
-        ``streams`` requests had work; ``slack_s``: the least audio any running stream has ahead of
-        its listener (None: no stream is playing yet). A capacity change, if any."""
+        ``streams`` requests had work; ``slack_s``: the least audio any settled playing stream has
+        ahead of its listener (None: none; :func:`load_of`). A capacity change, if any."""
         p = self.policy
         self.last_tick = now
         if self.pinned:

@@ -30,7 +30,7 @@ from streamtts.core.scheduler import BlockSchedule, Plan, RunnerOutput, Schedule
 from streamtts.text import warm_up
 from streamtts.text.lexicon import Lexicon
 from streamtts.engine_client.admission import Admission
-from streamtts.engine_client.capacity import CapacityEstimator, CapacityPolicy, Change, Measure
+from streamtts.engine_client.capacity import CapacityEstimator, CapacityPolicy, Change, Measure, load_of
 from streamtts.engine_client.base import EngineClient, Utterance, UtteranceSpec
 from streamtts.engine_client.stream import FRAME_S, Audio, Done, Failed, OutputStream
 from streamtts.voices import DEFAULT_VOICE
@@ -360,23 +360,14 @@ class Worker:
 
     def _feed(self, plan: Plan, out: RunnerOutput) -> None:
         """The tick, to the capacity estimator: its time, the audio it synthesized (vocoded rows
-        only: phrase-cache hits cost nothing), the streams with work, and the least audio any
-        playing stream has left ahead of its listener."""
+        only: phrase-cache hits cost nothing), and the load (capacity.load_of)."""
         now = time.monotonic()
         vocoded = {rid for rid, _ in plan.vocode}
         frames = sum(r.frames for rid, r in out.rows.items() if rid in vocoded)
         audio_s = frames * self.engine.vocoder.hop_length / self.engine.sample_rate
-        streams, newcomers, slack = 0, 0, None
-        for req in self.scheduler.requests.values():
-            if req.has_work:
-                streams += 1
-                if req.produced_s > 0 and req.status is Status.RUNNING:
-                    left = req.deadline - now
-                    slack = left if slack is None else min(slack, left)
-                elif req.produced_s == 0:
-                    newcomers += 1
-        self._apply(self.estimator.tick(now, out.seconds, audio_s, max(1, streams), slack))
-        extra = self.estimator.extra(now, slack, newcomers)
+        load = load_of(now, self.scheduler.requests.values(), self.estimator.policy.settle_s)
+        self._apply(self.estimator.tick(now, out.seconds, audio_s, max(1, load.streams), load.slack_s))
+        extra = self.estimator.extra(now, load.slack_s, load.newcomers)
         if extra != self.extra:
             self.extra = extra
             if self.metrics is not None:

@@ -41,7 +41,9 @@ class ServerConfig:
     queue_size: int = 16
     queue_timeout_s: float = 30.0
     max_batch: int = 64  # rows in one batched decoder call
-    vocode_frames: int = 80  # frames of audio vocoded per engine tick (bounds a newcomer's wait)
+    # frames of audio vocoded per engine tick: bounds a tick, so a newcomer's wait for its first
+    # block and a stream about to run dry (see SchedulerConfig)
+    vocode_frames: int = 32
     limits: Limits = field(default_factory=Limits)  # per-session message limits (protocol)
     max_frame_bytes: int = 4 * 1024 * 1024  # WebSocket frames beyond this close the socket (1009)
     request_rate: float = 10.0  # new sessions/requests per second per API key (or client IP) ...
@@ -73,7 +75,7 @@ class ServerConfig:
     # times over on a busy machine; else torch's default, for the torch vocoders' large convolutions).
     torch_threads: int = 0
     block_first: int = 24  # decoder steps of a chunk's first block (fast first audio) ...
-    block_rest: int = 64  # ... and of later blocks: the scheduler's unit of work
+    block_rest: int = 32  # ... and of later blocks: the scheduler's unit of work
     # Wyoming protocol (Home Assistant) on this TCP port, in the same process and scheduler
     # (streamtts/server/wyoming.py): None = off, 0 = any free port; host None = `host`.
     wyoming_port: Optional[int] = None
