@@ -176,8 +176,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         queue_timeout_s=args.queue_timeout, max_batch=args.max_batch,
         wyoming_port=args.wyoming_port, wyoming_host=args.wyoming_host,
         lexicon=Path(args.lexicon) if args.lexicon else None)
+    if not args.extra_slots >= 0:
+        raise StreamTTSError(f"--extra-slots takes a share of the capacity >= 0 (e.g. 1 or 0), not {args.extra_slots}")
     config = replace(config, max_lead_s=args.max_lead, drain_timeout_s=args.drain_timeout,
-                     first_chunk_wait_s=args.first_chunk_wait)
+                     first_chunk_wait_s=args.first_chunk_wait, extra_slots=args.extra_slots)
     logging.getLogger("streamtts").setLevel(logging.INFO)
     print(f"streamtts serving on http://{args.host}:{args.port} (engine {args.engine}, vocoder {args.vocoder}; "
           f"Ctrl-C or SIGTERM drains for up to {args.drain_timeout:g} s, then stops)", flush=True)
@@ -335,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, default=0, metavar="N",
                    help="streams admitted at once (default 0: live, calibrated at start and following the "
                         "engine's ticks); more wait in a queue")
+    p.add_argument("--extra-slots", type=float, default=1.0, metavar="SHARE",
+                   help="with a live capacity, admit up to this share of it again while every playing "
+                        "stream has audio in hand (default 1: conversation turns come in bursts; 0: none, "
+                        "for many long streams at once)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="utterances (any transport) that may wait for a slot (default 16); beyond: server_busy")
     p.add_argument("--queue-timeout", type=float, default=30.0, metavar="S",

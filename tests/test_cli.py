@@ -74,3 +74,8 @@ def test_unknown_voice_lists_the_voices(tmp_path):
 def test_frontend_bad_text_is_a_clear_error():
     proc = run("frontend", "🙂")
     assert proc.returncode == 2 and "error [no_speakable_text]" in proc.stderr
+
+
+def test_serve_refuses_a_negative_extra_slot_share_before_it_starts():
+    proc = run("serve", "--port", "0", "--engine", "onnx-int8", "--extra-slots", "-1", timeout=120)
+    assert proc.returncode == 2 and "--extra-slots" in proc.stderr and "Traceback" not in proc.stderr

@@ -162,6 +162,18 @@ def test_a_turn_that_has_just_started_is_not_taken_for_an_engine_falling_behind(
     assert load_of(now, [idle], settle) == Load(0, 0, None)
 
 
+def test_no_extra_slots_when_the_server_is_told_so():
+    # `--extra-slots 0` (ServerConfig.extra_slots): a live capacity with nothing beyond it
+    from streamtts.engine_client.inprocess import Worker
+    from streamtts.server.config import ServerConfig
+
+    est = Worker(None, ServerConfig(extra_slots=0.0)).estimator
+    est.measured(0.0, calibration())
+    t, _ = run_ticks(est, 0.0, 5.0, 1.0, 6)
+    assert est.capacity == 10 and est.extra(t, 2.0, 0) == 0
+    assert Worker(None, ServerConfig()).estimator.policy.extra_share == 1.0
+
+
 def test_pinned_capacity_never_changes():
     est = CapacityEstimator(CapacityPolicy(), pinned=3)
     assert est.measured(0.0, calibration(scale=5.0, wait=9.0)) is None

@@ -83,8 +83,10 @@ def measure(mode: str, args: list[str], ttfa_runs: int, streams: int, sentences:
 
 
 def run(engine: str, vocoder: str, replicas: int, ttfa_runs: int, streams: int, sentences: int,
-        json_path: Optional[str] = None) -> dict:
+        json_path: Optional[str] = None, extra_slots: Optional[float] = None) -> dict:
     base = ["--engine", engine, "--vocoder", vocoder, "--queue-timeout", "120"]
+    if extra_slots is not None:  # the single process's extra slots (the cluster admits by its replicas)
+        base += ["--extra-slots", str(extra_slots)]
     single = measure("single", base, ttfa_runs, streams, sentences)
     cluster = measure("cluster", base + ["--replicas", str(replicas)], ttfa_runs, streams, sentences)
 
@@ -110,9 +112,11 @@ def main(argv=None) -> int:
     p.add_argument("--ttfa-runs", type=int, default=15)
     p.add_argument("--streams", type=int, default=6)
     p.add_argument("--sentences", type=int, default=2)
+    p.add_argument("--extra-slots", type=float, default=None, metavar="SHARE",
+                   help="`serve --extra-slots` for both (default: the server's)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    run(a.engine, a.vocoder, a.replicas, a.ttfa_runs, a.streams, a.sentences, a.json)
+    run(a.engine, a.vocoder, a.replicas, a.ttfa_runs, a.streams, a.sentences, a.json, a.extra_slots)
     return 0
 
 

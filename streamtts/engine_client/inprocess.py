@@ -183,8 +183,8 @@ class Worker:
         self.core: Optional[EngineCore] = None
         self.capacity = config.capacity or 0
         # --capacity N pins it; otherwise it is calibrated at start and followed live
-        self.estimator = CapacityEstimator(CapacityPolicy(utilization=CAPACITY_UTILIZATION),
-                                           pinned=config.capacity or None)
+        policy = CapacityPolicy(utilization=CAPACITY_UTILIZATION, extra_share=config.extra_slots)
+        self.estimator = CapacityEstimator(policy, pinned=config.capacity or None)
         # called (engine thread) with each new capacity once it serves: admission takes it
         self.on_capacity: Optional[Callable[[int], None]] = None
         # called (engine thread) when the slots beyond the capacity that the headroom allows change

@@ -61,6 +61,10 @@ class ServerConfig:
     # a word boundary (see SchedulerConfig.first_cut_s): the first audio of slow text (an LLM's
     # tokens) does not wait for the first comma. 0: wait for the mark or the cap.
     first_chunk_wait_s: float = 0.1
+    # Slots beyond a live capacity, as a share of it, while the engine has headroom (capacity.py,
+    # extra slots): conversation turns come in bursts and mostly play out. 0: none, for streams
+    # that all speak at length at once (long-form reading), which the bet would underrun.
+    extra_slots: float = 1.0
     drain_timeout_s: float = 10.0  # on SIGTERM/SIGINT: time active utterances get to finish
     tick_deadline_s: float = 30.0  # an engine tick running longer means the engine is stuck
     idle_timeout_s: float = 300.0  # a WebSocket with no client message for this long is closed
