@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-slots", type=float, default=1.0, metavar="SHARE",
                    help="with a live capacity, admit up to this share of it again while every playing "
                         "stream has audio in hand (default 1: conversation turns come in bursts; 0: none, "
-                        "for many long streams at once)")
+                        "for many long streams at once); single process only: a cluster admits by its "
+                        "replicas' capacities")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="utterances (any transport) that may wait for a slot (default 16); beyond: server_busy")
     p.add_argument("--queue-timeout", type=float, default=30.0, metavar="S",
