@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from streamtts.errors import StreamTTSError
 from streamtts.extras import SERVER_COMMANDS, require_server
@@ -104,18 +105,28 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call_level(text: str) -> Union[int, str, None]:
+    """A ``--conversations`` level: a call count, or ``xK`` (K times the measured capacity); None: neither."""
+    try:
+        if text[:1] in ("x", "X"):
+            k = float(text[1:])
+            return f"x{k:g}" if math.isfinite(k) and k > 0 else None
+        n = int(text)
+        return n if n >= 1 else None
+    except ValueError:
+        return None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from streamtts.bench import engines as bench
 
     if args.conversations:  # voice-bot calls through the real server (streamtts/bench/conversations.py)
         from streamtts.bench import conversations as bench_conversations
 
-        try:
-            calls = [int(n) for n in args.conversations.split(",") if n.strip()]
-        except ValueError:
-            calls = []
-        if not calls or min(calls) < 1:
-            raise StreamTTSError("--conversations takes call counts >= 1, e.g. 2,4,6,8")
+        calls = [_call_level(n.strip()) for n in args.conversations.split(",") if n.strip()]
+        if not calls or None in calls:
+            raise StreamTTSError("--conversations takes call counts >= 1, or xK for K times the capacity "
+                                 "the server measured (K > 0), e.g. 2,4,6,8 or x2,x2.5")
         if not 0.0 < args.talk_ratio < 1.0:
             raise StreamTTSError("--talk-ratio must lie between 0 and 1 (exclusive), e.g. 0.4")
         if args.duration_s <= 0:
@@ -314,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--engine, --vocoder, --capacity and --tolerance-ms apply)")
     g.add_argument("--conversations", metavar="N,N,...",
                    help="run the conversation benchmark instead: this many simulated voice-bot calls on one "
-                        "server each (a fresh server per N; live capacity unless --capacity pins it)")
+                        "server each (a fresh server per N; live capacity unless --capacity pins it); xK: K "
+                        "times the capacity that row's server measured at its start, e.g. x2")
     g.add_argument("--talk-ratio", type=float, default=0.4, metavar="R",
                    help="share of a call the bot talks; the rest the socket is silent (default 0.4)")
     g.add_argument("--duration-s", type=float, default=60.0, metavar="S",

@@ -79,3 +79,20 @@ def test_frontend_bad_text_is_a_clear_error():
 def test_serve_refuses_a_negative_extra_slot_share_before_it_starts():
     proc = run("serve", "--port", "0", "--engine", "onnx-int8", "--extra-slots", "-1", timeout=120)
     assert proc.returncode == 2 and "--extra-slots" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("levels", ["0", "x0", "x-2", "xnan", "two", "x"])
+def test_conversation_bench_refuses_a_level_that_is_neither_calls_nor_a_multiple(levels):
+    proc = run("bench", "--conversations", f"4,{levels}", timeout=120)
+    assert proc.returncode == 2 and "--conversations" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_conversation_levels_relative_to_the_measured_capacity():
+    # `xK` calls: K times the capacity the row's server measured, rounded up (the VM's speed moves
+    # the capacity between runs; the target is stated per stream slot)
+    from streamtts.bench.conversations import calls_for
+    from streamtts.cli import _call_level
+
+    assert [_call_level(t) for t in ("12", "x2", "X2.50")] == [12, "x2", "x2.5"]
+    assert calls_for(12, 5) == 12 and calls_for("x2", 6) == 12 and calls_for("x2.5", 7) == 18
+    assert calls_for("x0.1", 3) == 1

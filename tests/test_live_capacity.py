@@ -16,7 +16,8 @@ import time
 import pytest
 
 from streamtts.core.request import Request, Status
-from streamtts.engine_client.capacity import CapacityEstimator, CapacityPolicy, Load, Measure, load_of
+from streamtts.engine_client.capacity import SPEECH_S_PER_CHAR, CapacityEstimator, CapacityPolicy, Load, Measure, load_of
+from streamtts.text.chunker import Chunk
 
 # Fake engine: one stream costs 0.1 s of compute per second of audio alone, four at once 0.075
 # each (a shared cost of 0.1 per tick spread over them). Capacity at 0.8: (0.8 - f) / p.
@@ -123,15 +124,42 @@ def test_extra_slots_only_while_every_playing_stream_has_audio_in_hand():
     assert est.extra(t, None, 2) == 10  # nobody plays yet, two wait for their first audio
     assert est.extra(t, 0.3, 0) == 0  # a listener is about to run dry
     assert est.extra(t, 2.0, 3) == 0  # too many still wait for their first audio
-    # after an overload, none until the cool-down is over
-    for _ in range(60):
-        t += 0.1
-        est.tick(t, 0.1, 0.1 / (P + F / 4), 10, 0.2)
-    assert est.extra(t, 2.0, 0) == 0
-    t, _ = run_ticks(est, t, est.policy.overload_cooldown_s + 1.0, 1.0, 6)
-    assert est.extra(t, 2.0, 0) == est.capacity
     # a pinned capacity means what it says
     assert CapacityEstimator(CapacityPolicy(), pinned=3).extra(t, 5.0, 0) == 0
+
+
+def overload(est: CapacityEstimator, t: float) -> float:
+    """Ticks that keep the engine busy while a settled stream runs low, until the capacity drops."""
+    before = est.capacity
+    while est.capacity == before:
+        t += 0.1
+        est.tick(t, 0.1, 0.1 / (P + F / 4), 10, 0.2)
+    return t
+
+
+def test_an_overload_closes_the_extra_slots_for_seconds_then_they_come_back_gradually():
+    # Turns come in bursts: one burst that overloads the engine must not cost the extra slots for
+    # the rest of the minute, and a second one soon after must cost more than the first.
+    est, t = quiet_estimator()
+    t, _ = run_ticks(est, t, 5.0, 1.0, 6)
+    assert est.extra(t, 2.0, 0) == 10
+    t = overload(est, t)
+    assert est.capacity == 9 and est.extra(t, 2.0, 0) == 0
+    policy = est.policy
+    t, _ = run_ticks(est, t, policy.extra_cooldown_s - 1.0, 1.0, 6)
+    assert est.extra(t, 2.0, 0) == 0  # still cooling down
+    t, _ = run_ticks(est, t, 1.5, 1.0, 6)
+    half = est.extra(t, 2.0, 0)
+    assert 0 < half < est.capacity and half == pytest.approx(est.capacity / 2, abs=1)
+    t, _ = run_ticks(est, t, policy.extra_regain_s, 1.0, 6)
+    assert est.extra(t, 2.0, 0) == est.capacity  # all of it again, while the capacity stays lowered
+    assert est.capacity == 9
+    # two overloads in a row: a quarter after the second cool-down
+    t = overload(est, t)
+    t, _ = run_ticks(est, t, policy.extra_cooldown_s + 0.5, 1.0, 6)
+    t = overload(est, t)
+    t, _ = run_ticks(est, t, policy.extra_cooldown_s + 0.5, 1.0, 6)
+    assert 0 < est.extra(t, 2.0, 0) <= est.capacity // 4 + 1
 
 
 def test_a_turn_that_has_just_started_is_not_taken_for_an_engine_falling_behind():
@@ -272,3 +300,46 @@ def test_server_started_under_cpu_load_raises_its_capacity_once_the_load_is_gone
     finally:
         server.__exit__(None, None, None)
         print(server.output()[-4000:])  # the capacity log, for a run with -s
+
+
+def test_many_long_streams_starting_together_get_no_extra_slots_turns_ahead_of_their_listeners_do():
+    # The extra slots bet that admitted streams are ahead of their listeners or between bursts of
+    # text. Long texts that all start at once need their audio now and for seconds to come: the
+    # audio due within the horizons leaves no room for another stream, where streams ahead of
+    # their listeners with little left to say leave nearly the whole share.
+    now = 100.0
+    sentence = "今天天气很好，我们一起去公园散步吧。"  # 18 characters
+
+    def stream(age_s: float, ahead_s: float, text: str) -> Request:
+        req = Request("biaobei", 0, 1.0, sink=lambda _: None)
+        req.chunks.append(Chunk(text, 0, 0, 0, len(text)))
+        req.status = Status.RUNNING
+        req.t_ref = now - age_s
+        req.produced_s = age_s + ahead_s
+        return req
+
+    def load(streams):
+        return load_of(now, streams, CapacityPolicy().settle_s, frame_s=256 / 22050)
+
+    est, t = quiet_estimator()
+    t, _ = run_ticks(est, t, 5.0, 1.0, 6)
+    assert est.capacity == 10
+    # twelve long streams (two in extra slots already), each with 0.6 s in hand
+    burst = load([stream(1.5, 0.6, sentence * 2) for _ in range(12)])
+    owed = 2 * len(sentence) * SPEECH_S_PER_CHAR
+    assert burst.streams == 12 and burst.needs[0] == (pytest.approx(0.6), pytest.approx(owed))
+    assert burst.due_s(2.0) == pytest.approx(12 * 1.4) and burst.due_s(8.0) == pytest.approx(12 * owed)
+
+    def room(load: Load) -> int:  # further streams admission takes now
+        return est.capacity + est.extra(t, load.slack_s, load.newcomers, load) - load.streams
+
+    assert est.extra(t, burst.slack_s, burst.newcomers) == 10  # the other gates alone: ten more
+    assert room(burst) <= 0
+    # ten turns well ahead of their listeners, with a few characters left each
+    ahead = [stream(3.0, 3.0, sentence[:5]) for _ in range(10)]
+    calm = load(ahead)
+    # (as many newcomers at once as may wait for their first audio: the next ticks judge again)
+    assert calm.due_s(2.0) == 0.0 and room(calm) == est.policy.extra_newcomers
+    # and seven more that have just started a sentence each: room for fewer
+    busy = load(ahead + [stream(0.3, 0.0, sentence) for _ in range(7)])
+    assert 0 < room(busy) < room(calm)

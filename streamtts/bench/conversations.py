@@ -1,7 +1,7 @@
 """``streamtts bench --conversations 2,4,6,8 [--talk-ratio 0.4]``: how many voice-bot calls one
 server keeps at real time, when each call is silent while its user talks.
 
-Per N (the list), ``streamtts serve`` starts in a child process as in :mod:`streamtts.bench.ws`
+Per N (the list; ``xK``: K times the capacity the row's server measured at its start, rounded up), ``streamtts serve`` starts in a child process as in :mod:`streamtts.bench.ws`
 (no phrase cache: an LLM seldom says a sentence twice word for word), with its live capacity
 (``--capacity C`` pins it), the default admission queue (16 places, 30 s), and warms up with one
 short session. Then N calls run at once for ``--duration-s`` seconds, each on one WebSocket
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -55,7 +56,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from streamtts.bench.engines import machine, percentile, row_name, source_version
 from streamtts.bench.streams import SR, STALL_TOLERANCE_S, START_BUFFER_S
@@ -545,18 +546,28 @@ def summarize(calls: Sequence[Call], wall_s: float, tolerance_s: float) -> dict:
     }
 
 
-def row(n: int, engine: str, vocoder: str, talk_ratio: float, duration_s: float,
+def calls_for(level: Union[int, str], capacity: int) -> int:
+    """The calls of a row: ``level`` itself, or for ``"xK"`` K times the server's ``capacity`` at
+    the start of the row, rounded up (the VM's speed moves the capacity between runs; the target
+    is stated per stream slot)."""
+    if isinstance(level, int):
+        return level
+    return max(1, math.ceil(float(level[1:]) * max(1, capacity) - 1e-9))
+
+
+def row(level: Union[int, str], engine: str, vocoder: str, talk_ratio: float, duration_s: float,
         capacity: Optional[int] = None, tolerance_s: float = STALL_TOLERANCE_S, seed: int = 0) -> dict:
-    """One N on a fresh server: its warm-up, then the calls."""
+    """One N on a fresh server: its warm-up, then the calls (``level``: N, or ``"xK"``: :func:`calls_for`)."""
     name = row_name(engine, vocoder)
     print(f"{name}: starting the server ({'capacity ' + str(capacity) if capacity else 'live capacity'}) ...",
           file=sys.stderr, flush=True)
     server = Server(engine, vocoder, capacity or 0, queue_size=16, queue_timeout_s=30.0,
-                    max_sessions=max(512, 2 * n), verbose=True)
+                    max_sessions=max(512, 2 * level) if isinstance(level, int) else 512, verbose=True)
     try:
         _warm(server)
         time.sleep(2.0)  # the warm-up's ticks settle in the live figure
         ready = _ready(server)
+        n = calls_for(level, int(ready.get("capacity") or 1))
         load_before = [round(x, 2) for x in os.getloadavg()]
         m0, cpu0, self0 = server.metrics(), cpu_seconds(server.proc.pid), _self_cpu()
         rss0 = rss_bytes(server.proc.pid)
@@ -575,7 +586,7 @@ def row(n: int, engine: str, vocoder: str, talk_ratio: float, duration_s: float,
         return m1.get(key, 0.0) - m0.get(key, 0.0)
 
     audio = delta("streamtts_audio_seconds_total")
-    out: dict[str, Any] = {"n": n, "engine": name, "engine_stages": server.engine_stages,
+    out: dict[str, Any] = {"n": n, "level": level, "engine": name, "engine_stages": server.engine_stages,
                            "capacity_pinned": capacity, "capacity_at_start": ready.get("capacity"),
                            "capacity_at_end": ready_after.get("capacity")}
     out.update(summarize(calls, wall, tolerance_s))
@@ -648,7 +659,7 @@ def best(rows: Sequence[dict], key: str = "all_held_within_target") -> Optional[
             "target_met": bool(cap) and r["n"] >= 2 * cap}
 
 
-def run(levels: Sequence[int], engine: str = "onnx-int8", vocoder: str = "melgan", talk_ratio: float = TALK_RATIO,
+def run(levels: Sequence[Union[int, str]], engine: str = "onnx-int8", vocoder: str = "melgan", talk_ratio: float = TALK_RATIO,
         duration_s: float = DURATION_S, json_path: Optional[str] = None, capacity: Optional[int] = None,
         tolerance_s: float = STALL_TOLERANCE_S, seed: int = 0) -> dict:
     if not 0.0 < talk_ratio < 1.0:

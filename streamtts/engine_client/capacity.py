@@ -6,7 +6,7 @@ thread::
     est = CapacityEstimator(CapacityPolicy())            # or CapacityEstimator(pinned=8): never changes
     est.measured(now, [Measure(1, audio_s, took_s, wait), Measure(4, ...)])   # calibration, at start
     change = est.tick(now, compute_s, audio_s, streams, slack_s)            # every engine tick
-    est.extra(now, slack_s, newcomers)                   # slots beyond capacity the headroom allows now
+    est.extra(now, slack_s, newcomers, load)             # slots beyond capacity the headroom allows now
     if est.remeasure_due(now): ...speak a calibration on the idle engine, then est.measured(...)
     est.capacity                                         # streams to admit; never below 1
 
@@ -36,12 +36,19 @@ Lowering only stops new admissions; admitted streams keep their slots.
 Extra slots. The capacity counts every admitted stream as computing at real time. Conversation
 turns are not: they come in bursts, compute ahead of their listeners, and then hold their slots
 while more text comes or their audio plays out. So while every settled playing stream with work
-has at least ``extra_slack_s`` of audio ahead of its listener, at most ``extra_newcomers`` streams
-wait for their first audio, and no overload was seen for ``overload_cooldown_s``, ``extra_share``
-of the capacity more may be admitted (:meth:`extra`); a pinned capacity has none. Earliest
-deadline first serves a newcomer's first block before the streams that are ahead, and those have
-the audio in hand to wait; as soon as one runs low the extra slots go, until enough are given
-back.
+has at least ``extra_slack_s`` of audio ahead of its listener, and at most ``extra_newcomers``
+streams wait for their first audio, ``extra_share`` of the capacity more may be admitted
+(:meth:`extra`); a pinned capacity has none. They are bounded by what the streams' text in hand
+still needs: within each of ``extra_horizons_s``, the audio each stream must make before its
+listener runs dry (its text's audio, estimated from its length, less what it has ahead), plus a
+newcomer's for the whole horizon, must fit the utilization. Turns that compute ahead of their
+listeners leave room; many long texts that start together do not, however much audio each has
+in hand for the moment. Earliest deadline first serves a newcomer's first
+block before the streams that are ahead, and those have the audio in hand to wait; as soon as one
+runs low the extra slots go, until enough are given back. An overload closes them for
+``extra_cooldown_s`` and halves their share, which then grows back over ``extra_regain_s``: back
+off fast, come back gradually, as a congestion window does. A burst of turns that overloads the
+engine once costs seconds of extra slots, not the minute that the capacity's own cool-down lasts.
 
 An idle engine has no ticks, so a figure made under load would stay. A calibration whose
 process waited for a CPU for more than ``contended`` of its wall time (other processes competed),
@@ -105,9 +112,24 @@ class CapacityPolicy:
     extra_share: float = 1.0  # of the capacity: slots beyond it while the engine has headroom
     extra_slack_s: float = 0.5  # ... that is, while every playing stream has this much audio ahead
     extra_newcomers: int = 2  # ... and at most this many streams wait for their first audio
+    # ... and within each of these horizons, the audio that the streams' text in hand must make
+    # for their listeners not to run dry, plus a newcomer's that needs audio all along, fits the
+    # utilization: long streams that start together need theirs at once, turns seldom do
+    extra_horizons_s: tuple = (2.0, 4.0, 8.0)
+    # After an overload the extra slots close for ``extra_cooldown_s``, then reopen at half the
+    # share they had, which grows back to ``extra_share`` over ``extra_regain_s`` without another:
+    # turns come in bursts, and one burst must not cost the extra slots for a minute.
+    extra_cooldown_s: float = 10.0
+    extra_regain_s: float = 40.0
     # A stream whose text came less than this ago has little audio ahead by construction (its
     # first blocks have just been sent): its slack says nothing about overload or headroom.
     settle_s: float = 1.0
+
+
+# Speech per character of text at speed 1, to tell how much audio a stream's text in hand will
+# make before it is synthesized (the voices speak about five characters a second, punctuation's
+# pauses included); an estimate, used only to judge the headroom for extra slots.
+SPEECH_S_PER_CHAR = 0.2
 
 
 @dataclass(frozen=True)
@@ -118,15 +140,34 @@ class Load:
     streams: int  # requests with work
     newcomers: int  # ... of which have made no audio yet
     slack_s: Optional[float]  # least audio ahead of its listener of a settled playing stream; None: none
+    # per stream with work: (audio ahead of its listener, audio its text in hand will still make)
+    needs: tuple = ()
+
+    def due_s(self, horizon_s: float) -> float:
+        """Audio the streams must make within ``horizon_s`` for their listeners not to run dry."""
+        return sum(min(owed, max(0.0, horizon_s - ahead)) for ahead, owed in self.needs)
 
 
-def load_of(now: float, requests: Iterable, settle_s: float) -> Load:
-    """The :class:`Load` of the scheduler's ``requests`` (``has_work``, ``status``, ``produced_s``,
-    ``t_ref``, ``deadline``: streamtts.core.request.Request). Slack counts only playing streams
-    whose text came ``settle_s`` or more ago: one that has just started has only its first block
-    ahead, and many calls starting turns would otherwise look like an engine falling behind."""
+def owed_s(req, frame_s: float) -> float:
+    """Audio that ``req``'s text in hand will still make: its current chunk less what it has
+    emitted, the chunks cut after it and the text not cut yet (:data:`SPEECH_S_PER_CHAR`)."""
+    per_char = SPEECH_S_PER_CHAR / max(req.speed, 1e-3)
+    owed = (sum(len(c.text) for c in req.chunks) + len(req.chunker.pending)) * per_char
+    cur = req.current
+    if cur is not None:
+        owed += max(0.0, len(cur.chunk.text) * per_char - cur.audio_frames * frame_s)
+    return owed
+
+
+def load_of(now: float, requests: Iterable, settle_s: float, frame_s: Optional[float] = None) -> Load:
+    """The :class:`Load` of the scheduler's ``requests`` (streamtts.core.request.Request). Slack
+    counts only playing streams whose text came ``settle_s`` or more ago: one that has just started
+    has only its first block ahead, and many calls starting turns would otherwise look like an
+    engine falling behind. ``needs`` (every stream with work) only with ``frame_s``, the seconds
+    of audio per decoder frame."""
     streams = newcomers = 0
     slack = None
+    needs = []
     for req in requests:
         if not req.has_work:
             continue
@@ -136,7 +177,9 @@ def load_of(now: float, requests: Iterable, settle_s: float) -> Load:
         elif req.status is Status.RUNNING and now - req.t_ref >= settle_s:
             left = req.deadline - now
             slack = left if slack is None else min(slack, left)
-    return Load(streams, newcomers, slack)
+        if frame_s is not None:
+            needs.append((max(0.0, req.deadline - now) if req.produced_s else 0.0, owed_s(req, frame_s)))
+    return Load(streams, newcomers, slack, tuple(needs))
 
 
 @dataclass(frozen=True)
@@ -158,6 +201,9 @@ class CapacityEstimator:
         self._busy: deque = deque()  # (time, compute) of recent ticks
         self._low_since = self._high_since = self._overload_since = None
         self._no_raise_until = -math.inf
+        # extra slots: the share of ``extra_share`` they had when the last overload closed them,
+        # and when they reopen (from then on the share grows back: :meth:`_extra_scale`)
+        self._extra_kept, self._extra_from = 1.0, -math.inf
         self.last_tick = -math.inf
         self.last_measure: Optional[float] = None
         self.suspect = False  # the figure may be an artifact of load that has gone
@@ -263,6 +309,8 @@ class CapacityEstimator:
                 and self.capacity > 1:
             self._overload_since = None
             self._no_raise_until = now + p.overload_cooldown_s
+            self._extra_kept = self._extra_scale(now) / 2
+            self._extra_from = now + p.extra_cooldown_s
             return self._set(min(self.capacity - 1, target), "overloaded: streams about to run dry",
                              lowered=True)
 
@@ -284,16 +332,35 @@ class CapacityEstimator:
             self._high_since = None
         return None
 
-    def extra(self, now: float, slack_s: Optional[float], newcomers: int) -> int:
+    def extra(self, now: float, slack_s: Optional[float], newcomers: int, load: Optional[Load] = None) -> int:
         """Slots beyond the capacity that the headroom allows now: ``slack_s`` is the least audio any
         playing stream with work has ahead of its listener (None: none is playing), ``newcomers``
-        the streams with work that have no audio yet."""
+        the streams with work that have no audio yet; ``load`` (:func:`load_of` with ``needs``;
+        None: not judged) bounds them by the newcomers that the audio due within each horizon
+        (``extra_horizons_s``) leaves room for."""
         p = self.policy
-        if self.pinned or not self.capacity or now < self._no_raise_until or self._overload_since is not None:
+        if self.pinned or not self.capacity or self._overload_since is not None:
             return 0
         if newcomers > p.extra_newcomers or (slack_s is not None and slack_s < p.extra_slack_s):
             return 0
-        return int(p.extra_share * self.capacity)
+        extra = int(p.extra_share * self._extra_scale(now) * self.capacity + 1e-9)
+        if load is not None and extra > 0 and p.extra_horizons_s:
+            # engine seconds per second of audio now; a newcomer needs audio all along a horizon
+            k = self.level * self.cost(load.streams + 1)
+            room = min((p.utilization * t / k - load.due_s(t)) / t for t in p.extra_horizons_s)
+            # and no more newcomers at once than the gate above allows to wait for first audio:
+            # slots that open all together would let that many in before the next tick looks
+            room = min(room, p.extra_newcomers - newcomers)
+            extra = min(extra, max(0, load.streams + math.floor(room + 1e-9) - self.capacity))
+        return extra
+
+    def _extra_scale(self, now: float) -> float:
+        """The share of ``extra_share`` open now: none during the cool-down after an overload,
+        then what was kept, growing back to all of it over ``extra_regain_s``."""
+        if now < self._extra_from:
+            return 0.0
+        regained = (now - self._extra_from) / self.policy.extra_regain_s if self.policy.extra_regain_s > 0 else 1.0
+        return min(1.0, self._extra_kept + regained)
 
     def remeasure_due(self, now: float) -> bool:
         """The engine is idle and its figure is suspect and old enough: speak a calibration."""

@@ -365,9 +365,10 @@ class Worker:
         vocoded = {rid for rid, _ in plan.vocode}
         frames = sum(r.frames for rid, r in out.rows.items() if rid in vocoded)
         audio_s = frames * self.engine.vocoder.hop_length / self.engine.sample_rate
-        load = load_of(now, self.scheduler.requests.values(), self.estimator.policy.settle_s)
+        load = load_of(now, self.scheduler.requests.values(), self.estimator.policy.settle_s,
+                       self.engine.vocoder.hop_length / self.engine.sample_rate)
         self._apply(self.estimator.tick(now, out.seconds, audio_s, max(1, load.streams), load.slack_s))
-        extra = self.estimator.extra(now, load.slack_s, load.newcomers)
+        extra = self.estimator.extra(now, load.slack_s, load.newcomers, load)
         if extra != self.extra:
             self.extra = extra
             if self.metrics is not None:
