@@ -82,7 +82,13 @@ class ClusterEngineClient(EngineClient):
 
     async def _connect(self, on_ready) -> None:
         try:
-            await asyncio.to_thread(self._connect_sync)
+            handle = await asyncio.to_thread(self._connect_sync)
+            # The handle's router runs on this loop, not on a loop thread of its own: every piece
+            # of every call then reaches its session without a hop between threads.
+            handle._init(_run_router_in_separate_loop=False)
+            # the first call makes the handle's router, which then follows the replicas
+            await asyncio.wait_for(handle.stats.remote({}), timeout=600)
+            self.handle = handle
         except Exception as exc:
             log.exception("cannot reach the cluster")
             self._failure = f"cannot reach the Ray cluster at {self.address}: {type(exc).__name__}: {exc}"
@@ -99,16 +105,14 @@ class ClusterEngineClient(EngineClient):
                     on_ready()
             await asyncio.sleep(POLL_S)
 
-    def _connect_sync(self) -> None:
+    def _connect_sync(self):
         import ray
         from ray import serve
 
         if not ray.is_initialized():
             ray.init(address=self.address, namespace="serve", logging_level=logging.WARNING,
                      log_to_driver=False, configure_logging=False)
-        self.handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
-        # the first call makes the handle's router, which then follows the replicas
-        self.handle.stats.remote({}).result(timeout_s=600)
+        return serve.get_deployment_handle(self.deployment, app_name=self.app_name)
 
     def _follow(self) -> None:
         """Admission and readiness from the replicas' latest reports."""

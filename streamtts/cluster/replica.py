@@ -277,7 +277,11 @@ def deployment_options(settings: dict) -> dict:
         max_ongoing_requests=max_ongoing,
         # calls waiting in a handle for a replica slot; beyond it the handle refuses (server_busy)
         max_queued_requests=int(settings.get("max_queued_requests", 64)),
-        ray_actor_options={"num_cpus": float(settings.get("num_cpus", 1))},
+        # the replica's methods run on its own event loop, not on a loop thread of their own: they
+        # never block (the engine has its thread), and each piece of a call then leaves the
+        # replica without a hop between threads
+        ray_actor_options={"num_cpus": float(settings.get("num_cpus", 1)),
+                           "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}},
         request_router_config=RequestRouterConfig(request_router_class=LoadRouter,
                                                   request_routing_stats_period_s=ROUTING_STATS_PERIOD_S),
         # scaling down or redeploying: a replica's calls (chunks) finish before it goes
