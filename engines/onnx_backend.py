@@ -25,8 +25,8 @@ without VNNI, shared with other jobs; the bench's figures are in the README):
   one it gains nothing there and loses at batch 1, so the decoder keeps one thread at every
   batch size (``decoder_threads`` picks threads by batch size, one session each, for a machine
   to itself: e.g. ((1, 1), (8, 2))).
-* encoder/postnet/vocoder threads: all cores (at most 4): the vocoder's convolutions do run
-  faster with more. Rewriting MelGAN's 1-D convs as 2-D ones and flushing denormals gained
+* encoder/postnet/vocoder threads: all cores (at most 4; ``OMP_NUM_THREADS`` when set): the
+  vocoder's convolutions do run faster with more. Rewriting MelGAN's 1-D convs as 2-D ones and flushing denormals gained
   nothing.
 * ORT_ENABLE_ALL graph optimization, sequential execution, no spinning (spinning threads take
   the core other streams' decoders need, and gained nothing measurable here).
@@ -84,7 +84,14 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 def _default_threads() -> int:
-    return min(4, os.cpu_count() or 1)
+    """All cores, at most 4; or ``OMP_NUM_THREADS`` when set: the CPU share a process was given
+    (Ray sets it to an actor's ``num_cpus``, so engine replicas sharing a machine each calibrate
+    and run on their share, not all of it)."""
+    try:
+        given = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        given = 0
+    return max(1, min(4, given)) if given > 0 else min(4, os.cpu_count() or 1)
 
 
 class _Sessions:
