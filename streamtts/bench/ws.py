@@ -179,14 +179,25 @@ async def _send(ws, log: StreamLog, chunker) -> None:
     await ws.send(json.dumps({"type": "end"}))
 
 
+# A client's whole stream, connection to close, at most (the queue waits up to 120 s in the
+# benchmarks that queue longest).
+CLIENT_TIMEOUT_S = 300.0
+
+
 def run_clients(server: Server, texts: Sequence[str], stagger_s: float) -> tuple[list[StreamLog], float]:
     n = len(texts)
     spread = max(stagger_s, (n - 15) / 8)
     logs = [StreamLog(i, t) for i, t in enumerate(texts)]
     url = f"ws://127.0.0.1:{server.port}/v1/stream"
 
+    async def one(lg: StreamLog) -> None:
+        try:  # a stream that never ends is a result to report, not a benchmark that never ends
+            await asyncio.wait_for(_client(url, lg, spread * lg.index / max(n, 1)), CLIENT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            lg.failed = lg.failed or "timeout"
+
     async def main() -> None:
-        await asyncio.gather(*(_client(url, lg, spread * lg.index / max(n, 1)) for lg in logs))
+        await asyncio.gather(*(one(lg) for lg in logs))
 
     t0 = time.monotonic()
     asyncio.run(main())
