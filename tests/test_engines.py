@@ -493,3 +493,19 @@ def test_decoder_threads_by_batch_size(pack, onnx_acoustic, spk):
     assert acoustic.block_session(1) is acoustic.block_session(2) is not acoustic.block_session(3)
     batch = rows_batch(acoustic, spk, [(SHORT, 0, NEVER), (MEDIUM, 1, NEVER), (LONG, 2, NEVER)], 12)
     assert maxdiff(acoustic._decode(batch).frames, onnx_acoustic._decode(batch).frames) < 1e-5
+
+
+def test_onnx_threads_follow_the_cpu_share_a_process_was_given(monkeypatch):
+    # Ray sets OMP_NUM_THREADS to an actor's num_cpus: two engine replicas on one machine then
+    # each run (and calibrate) on their share instead of both on every core
+    from engines.onnx_backend import _default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert _default_threads() == 4
+    for unset in ("", "zero", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert _default_threads() == min(4, os.cpu_count() or 1)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _default_threads() == min(4, os.cpu_count() or 1)
