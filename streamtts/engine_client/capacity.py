@@ -35,20 +35,20 @@ Lowering only stops new admissions; admitted streams keep their slots.
 
 Extra slots. The capacity counts every admitted stream as computing at real time. Conversation
 turns are not: they come in bursts, compute ahead of their listeners, and then hold their slots
-while more text comes or their audio plays out. So while every settled playing stream with work
-has at least ``extra_slack_s`` of audio ahead of its listener, and at most ``extra_newcomers``
-streams wait for their first audio, ``extra_share`` of the capacity more may be admitted
-(:meth:`extra`); a pinned capacity has none. They are bounded by what the streams' text in hand
-still needs: within each of ``extra_horizons_s``, the audio each stream must make before its
-listener runs dry (its text's audio, estimated from its length, less what it has ahead), plus a
-newcomer's for the whole horizon, must fit the utilization. Turns that compute ahead of their
-listeners leave room; many long texts that start together do not, however much audio each has
-in hand for the moment. Earliest deadline first serves a newcomer's first
-block before the streams that are ahead, and those have the audio in hand to wait; as soon as one
-runs low the extra slots go, until enough are given back. An overload closes them for
-``extra_cooldown_s`` and halves their share, which then grows back over ``extra_regain_s``: back
-off fast, come back gradually, as a congestion window does. A burst of turns that overloads the
-engine once costs seconds of extra slots, not the minute that the capacity's own cool-down lasts.
+while more text comes or their audio plays out. So while every settled playing stream with work has
+at least ``extra_slack_s`` of audio ahead of its listener, and at most ``extra_newcomers`` streams
+wait for their first audio, ``extra_share`` of the capacity more may be admitted (:meth:`extra`); a
+pinned capacity has none. They are bounded by what the streams' text in hand still needs: within
+each of ``extra_horizons_s``, the audio each stream must make before its listener runs dry (its
+text's audio, estimated from its length, less what it has ahead), plus a newcomer's for the whole
+horizon, must fit the utilization. Turns that compute ahead of their listeners leave room; many
+long texts that start together do not, however much audio each has in hand for the moment. Earliest
+deadline first serves a newcomer's first block before the streams that are ahead, and those have
+the audio in hand to wait; as soon as one runs low the extra slots go, until enough are given back.
+An overload closes them for ``extra_cooldown_s`` and halves their share, which then grows back over
+``extra_regain_s``: back off fast, come back gradually, as a congestion window does. A burst of
+turns that overloads the engine once costs seconds of extra slots, not the minute that the
+capacity's own cool-down lasts.
 
 An idle engine has no ticks, so a figure made under load would stay. A calibration whose
 process waited for a CPU for more than ``contended`` of its wall time (other processes competed),
