@@ -7,7 +7,8 @@ For each of ``single`` (``streamtts serve``: one engine in the process) and ``cl
 as child processes with no phrase cache:
 
 * ``ttfa``: ``--ttfa-runs`` WebSocket utterances one after another (LLM-style fragments, as the
-  capacity benchmark sends them); TTFA from the first text to the first audio, p50 and p99;
+  capacity benchmark sends them); TTFA from the first text to the first audio, p50 and p99, and
+  each run's in order;
 * ``load``: ``--streams`` clients at once; streams held (no underrun past the tolerance), and CPU
   seconds of the whole process tree (front end, Ray, replicas) per second of audio made: the cores
   one real-time stream costs.
@@ -73,6 +74,7 @@ def measure(mode: str, args: list[str], ttfa_runs: int, streams: int, sentences:
         row = {"mode": mode, "args": args, "engine": server.ready.get("engine"),
                "capacity": server.ready.get("capacity"),
                "ttfa_runs": ttfa_runs, "ttfa_ms_p50": ttfa["ttfa_text_ms_p50"], "ttfa_ms_p99": ttfa["ttfa_text_ms_p99"],
+               "ttfa_ms_each": [s["ttfa_text_ms"] for s in ttfa["per_stream"]],  # in order: outliers' place
                "streams": streams, "streams_held": load["streams_held"], "streams_failed": load["streams_failed"],
                "audio_s": load["audio_s"], "wall_s": wall, "cpu_s": cpu,
                "cpu_per_realtime_stream": cpu / load["audio_s"] if load["audio_s"] else None}
