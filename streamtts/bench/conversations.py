@@ -1,8 +1,9 @@
 """``streamtts bench --conversations 2,4,6,8 [--talk-ratio 0.4]``: how many voice-bot calls one
 server keeps at real time, when each call is silent while its user talks.
 
-Per N (the list; ``xK``: K times the capacity the row's server measured at its start, rounded up), ``streamtts serve`` starts in a child process as in :mod:`streamtts.bench.ws`
-(no phrase cache: an LLM seldom says a sentence twice word for word), with its live capacity
+Per N (the list; ``xK``: K times the capacity the row's server measured at its start, rounded
+up), ``streamtts serve`` starts in a child process as in :mod:`streamtts.bench.ws` (no phrase
+cache: an LLM seldom says a sentence twice word for word), with its live capacity
 (``--capacity C`` pins it), the default admission queue (16 places, 30 s), and warms up with one
 short session. Then N calls run at once for ``--duration-s`` seconds, each on one WebSocket
 from this process, started 0.15 s apart (the server's session rate limit):
@@ -557,7 +558,8 @@ def calls_for(level: Union[int, str], capacity: int) -> int:
 
 def row(level: Union[int, str], engine: str, vocoder: str, talk_ratio: float, duration_s: float,
         capacity: Optional[int] = None, tolerance_s: float = STALL_TOLERANCE_S, seed: int = 0) -> dict:
-    """One N on a fresh server: its warm-up, then the calls (``level``: N, or ``"xK"``: :func:`calls_for`)."""
+    """One N on a fresh server: its warm-up, then the calls (``level``: N, or ``"xK"``:
+    :func:`calls_for`)."""
     name = row_name(engine, vocoder)
     print(f"{name}: starting the server ({'capacity ' + str(capacity) if capacity else 'live capacity'}) ...",
           file=sys.stderr, flush=True)
@@ -659,7 +661,8 @@ def best(rows: Sequence[dict], key: str = "all_held_within_target") -> Optional[
             "target_met": bool(cap) and r["n"] >= 2 * cap}
 
 
-def run(levels: Sequence[Union[int, str]], engine: str = "onnx-int8", vocoder: str = "melgan", talk_ratio: float = TALK_RATIO,
+def run(levels: Sequence[Union[int, str]], engine: str = "onnx-int8", vocoder: str = "melgan",
+        talk_ratio: float = TALK_RATIO,
         duration_s: float = DURATION_S, json_path: Optional[str] = None, capacity: Optional[int] = None,
         tolerance_s: float = STALL_TOLERANCE_S, seed: int = 0) -> dict:
     if not 0.0 < talk_ratio < 1.0:
