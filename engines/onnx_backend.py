@@ -26,8 +26,8 @@ without VNNI, shared with other jobs; the bench's figures are in the README):
   batch size (``decoder_threads`` picks threads by batch size, one session each, for a machine
   to itself: e.g. ((1, 1), (8, 2))).
 * encoder/postnet/vocoder threads: all cores (at most 4; ``OMP_NUM_THREADS`` when set): the
-  vocoder's convolutions do run faster with more. Rewriting MelGAN's 1-D convs as 2-D ones and flushing denormals gained
-  nothing.
+  vocoder's convolutions do run faster with more. Rewriting MelGAN's 1-D convs as 2-D ones and
+  flushing denormals gained nothing.
 * ORT_ENABLE_ALL graph optimization, sequential execution, no spinning (spinning threads take
   the core other streams' decoders need, and gained nothing measurable here).
 """

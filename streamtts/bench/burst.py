@@ -21,16 +21,14 @@ from typing import Optional
 
 from streamtts.bench.conversations import capacity_changes
 from streamtts.bench.streams import STALL_TOLERANCE_S, stream_texts, summarize
-from streamtts.bench.ws import ChildServer, run_clients
+from streamtts.bench.ws import ChildServer, add_load_options, load_server_args, run_clients
 
 METRICS = ("streamtts_capacity", "streamtts_extra_slots", "streamtts_admitted", "streamtts_queued")
 
 
 def run(engine: str, vocoder: str, streams: int, sentences: int, extra_slots: Optional[float],
         every_s: float = 0.1, json_path: Optional[str] = None) -> dict:
-    args = ["--engine", engine, "--vocoder", vocoder, "--queue-timeout", "120"]
-    if extra_slots is not None:
-        args += ["--extra-slots", str(extra_slots)]
+    args = load_server_args(engine, vocoder, extra_slots)
     server = ChildServer(args, verbose=True)
     try:
         run_clients(server, ["你好，今天天气很好。"], 0.0)  # warm-up (first-call costs), not counted
@@ -73,14 +71,8 @@ def run(engine: str, vocoder: str, streams: int, sentences: int, extra_slots: Op
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine", default="onnx-int8")
-    p.add_argument("--vocoder", default="melgan")
-    p.add_argument("--streams", type=int, default=10)
-    p.add_argument("--sentences", type=int, default=2)
-    p.add_argument("--extra-slots", type=float, default=None, metavar="SHARE",
-                   help="`serve --extra-slots` (default: the server's)")
+    add_load_options(p, streams=10, extra_slots_help="`serve --extra-slots` (default: the server's)")
     p.add_argument("--every-s", type=float, default=0.1, help="metrics sampling period")
-    p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     run(a.engine, a.vocoder, a.streams, a.sentences, a.extra_slots, a.every_s, a.json)
     return 0

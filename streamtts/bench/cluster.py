@@ -29,7 +29,7 @@ import psutil
 
 from streamtts.bench import ws
 from streamtts.bench.streams import STALL_TOLERANCE_S, stream_texts, summarize
-from streamtts.bench.ws import run_clients
+from streamtts.bench.ws import add_load_options, load_server_args, run_clients
 
 
 class ChildServer(ws.ChildServer):
@@ -86,9 +86,8 @@ def measure(mode: str, args: list[str], ttfa_runs: int, streams: int, sentences:
 
 def run(engine: str, vocoder: str, replicas: int, ttfa_runs: int, streams: int, sentences: int,
         json_path: Optional[str] = None, extra_slots: Optional[float] = None) -> dict:
-    base = ["--engine", engine, "--vocoder", vocoder, "--queue-timeout", "120"]
-    if extra_slots is not None:  # the single process's extra slots (the cluster admits by its replicas)
-        base += ["--extra-slots", str(extra_slots)]
+    # --extra-slots is the single process's (the cluster admits by its replicas' capacities)
+    base = load_server_args(engine, vocoder, extra_slots)
     single = measure("single", base, ttfa_runs, streams, sentences)
     cluster = measure("cluster", base + ["--replicas", str(replicas)], ttfa_runs, streams, sentences)
 
@@ -108,15 +107,9 @@ def run(engine: str, vocoder: str, replicas: int, ttfa_runs: int, streams: int, 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--engine", default="onnx-int8")
-    p.add_argument("--vocoder", default="melgan")
+    add_load_options(p, streams=6, extra_slots_help="`serve --extra-slots` for both (default: the server's)")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--ttfa-runs", type=int, default=15)
-    p.add_argument("--streams", type=int, default=6)
-    p.add_argument("--sentences", type=int, default=2)
-    p.add_argument("--extra-slots", type=float, default=None, metavar="SHARE",
-                   help="`serve --extra-slots` for both (default: the server's)")
-    p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     run(a.engine, a.vocoder, a.replicas, a.ttfa_runs, a.streams, a.sentences, a.json, a.extra_slots)
     return 0

@@ -26,6 +26,7 @@ clients start spread over ``max(stagger, (n - 15) / 8)`` seconds so it is never 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -177,6 +178,23 @@ async def _send(ws, log: StreamLog, chunker) -> None:
     await asyncio.sleep(max(0.0, base + len(pieces) * FRAGMENT_INTERVAL_S - time.monotonic()))
     log.mark_text(time.monotonic(), True)
     await ws.send(json.dumps({"type": "end"}))
+
+
+def load_server_args(engine: str, vocoder: str, extra_slots: Optional[float] = None) -> list[str]:
+    """``streamtts serve`` arguments of the benchmarks that load one server with many long streams
+    (burst, cluster): a long queue wait, and ``--extra-slots`` when given (None: the server's)."""
+    args = ["--engine", engine, "--vocoder", vocoder, "--queue-timeout", "120"]
+    return args + ["--extra-slots", str(extra_slots)] if extra_slots is not None else args
+
+
+def add_load_options(p: argparse.ArgumentParser, streams: int, extra_slots_help: str) -> None:
+    """The command-line options those benchmarks share."""
+    p.add_argument("--engine", default="onnx-int8")
+    p.add_argument("--vocoder", default="melgan")
+    p.add_argument("--streams", type=int, default=streams)
+    p.add_argument("--sentences", type=int, default=2)
+    p.add_argument("--extra-slots", type=float, default=None, metavar="SHARE", help=extra_slots_help)
+    p.add_argument("--json", default=None)
 
 
 # A client's whole stream, from its connection to its close, at most (the queue waits up to
