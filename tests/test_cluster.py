@@ -92,3 +92,19 @@ def test_serve_configs_validate_against_serves_schema(path):
 
     built = build_app(app.args)
     assert built is not None
+
+
+def test_front_end_builds_its_word_segmenter_before_it_serves():
+    """The cluster front end cuts chunks itself: the segmenter an early first cut needs is built at
+    start-up (off its event loop), not by the first LLM-style utterance, which would otherwise
+    stall every session of the front end while jieba loads."""
+    from streamtts.cluster.client import ClusterEngineClient
+    from streamtts.server.config import ServerConfig
+    from streamtts.text.lexicon import Lexicon
+
+    lexicon = Lexicon({"流式合成器": "liu2 shi4 he2 cheng2 qi4"})  # its own segmenter, built once
+    client = ClusterEngineClient(ServerConfig(static_dir=None), lexicon=lexicon)
+    assert lexicon._tokenizer is None
+    client.warm_up()
+    assert lexicon._tokenizer is not None
+    assert lexicon.cut("我们的流式合成器很快") == ["我们", "的", "流式合成器", "很快"]

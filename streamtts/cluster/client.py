@@ -37,6 +37,7 @@ from streamtts.core.timing import pause_samples
 from streamtts.engine_client.admission import Admission
 from streamtts.engine_client.base import EngineClient, Utterance, UtteranceSpec
 from streamtts.engine_client.stream import FRAME_S, OutputStream
+from streamtts.text.chunker import preload
 from streamtts.text.markup_chunker import MarkupChunker
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class ClusterEngineClient(EngineClient):
 
     async def _connect(self, on_ready) -> None:
         try:
+            await asyncio.to_thread(self.warm_up)
             handle = await asyncio.to_thread(self._connect_sync)
             # The handle's router runs on this loop, not on a loop thread of its own: every piece
             # of every call then reaches its session without a hop between threads.
@@ -104,6 +106,12 @@ class ClusterEngineClient(EngineClient):
                 if on_ready is not None:
                     on_ready()
             await asyncio.sleep(POLL_S)
+
+    def warm_up(self) -> None:
+        """Build the chunker's word segmenter (its dictionaries load on first use, about a second
+        on the event loop): otherwise the first early cut of a first chunk would stall every
+        session of this front end once."""
+        preload(self.lexicon)
 
     def _connect_sync(self):
         import ray
@@ -361,7 +369,9 @@ class ClusterUtterance(Utterance):
             response = None
             try:
                 client.stats.calls += 1
-                response = client.handle.options(stream=True).synthesize.remote(call)
+                # Straight to the replica's gRPC server, not as a Ray actor task: each piece then
+                # skips Ray's object machinery on both sides, which is on the path to first audio.
+                response = client.handle.options(stream=True, _by_reference=False).synthesize.remote(call)
                 pieces = response.__aiter__()
                 while True:
                     if replica is None:  # not yet taken by a replica: one must still exist
