@@ -11,7 +11,8 @@ as child processes with no phrase cache:
   each run's in order;
 * ``load``: ``--streams`` clients at once; streams held (no underrun past the tolerance), and CPU
   seconds of the whole process tree (front end, Ray, replicas) per second of audio made: the cores
-  one real-time stream costs.
+  one real-time stream costs; and the same for the server's own process alone
+  (``front_end_cpu_per_realtime_stream``: in the cluster, what bounds one front end).
 
 The JSON has both rows and the differences: ``ttfa_p50_added_ms``, ``cpu_per_stream_added``
 (cores per real-time stream) and ``held_ratio`` (cluster / single).
@@ -40,12 +41,13 @@ class ChildServer(ws.ChildServer):
     def __init__(self, args: list[str], ready_timeout_s: float = 900.0):
         super().__init__(args, ready_timeout_s)
 
-    def cpu_s(self) -> float:
-        """CPU seconds of the server and every process under it (Ray's included)."""
+    def cpu_s(self, tree: bool = True) -> float:
+        """CPU seconds of the server and every process under it (Ray's included), or of the
+        server's own process alone (``tree=False``: the front end, with its Ray driver)."""
         total = 0.0
         try:
             root = psutil.Process(self.proc.pid)
-            procs = [root] + root.children(recursive=True)
+            procs = [root] + (root.children(recursive=True) if tree else [])
         except psutil.NoSuchProcess:
             return 0.0
         for p in procs:
@@ -67,9 +69,9 @@ def measure(mode: str, args: list[str], ttfa_runs: int, streams: int, sentences:
             logs, _ = run_clients(server, stream_texts(1, 1), 0.0)
             ttfa_logs += logs
         ttfa = summarize(ttfa_logs)
-        cpu0 = server.cpu_s()
+        cpu0, front0 = server.cpu_s(), server.cpu_s(tree=False)
         logs, wall = run_clients(server, stream_texts(streams, sentences), 2.0)
-        cpu = server.cpu_s() - cpu0
+        cpu, front = server.cpu_s() - cpu0, server.cpu_s(tree=False) - front0
         load = summarize(logs, STALL_TOLERANCE_S)
         row = {"mode": mode, "args": args, "engine": server.ready.get("engine"),
                "capacity": server.ready.get("capacity"),
@@ -77,7 +79,9 @@ def measure(mode: str, args: list[str], ttfa_runs: int, streams: int, sentences:
                "ttfa_ms_each": [s["ttfa_text_ms"] for s in ttfa["per_stream"]],  # in order: outliers' place
                "streams": streams, "streams_held": load["streams_held"], "streams_failed": load["streams_failed"],
                "audio_s": load["audio_s"], "wall_s": wall, "cpu_s": cpu,
-               "cpu_per_realtime_stream": cpu / load["audio_s"] if load["audio_s"] else None}
+               "cpu_per_realtime_stream": cpu / load["audio_s"] if load["audio_s"] else None,
+               "front_end_cpu_s": front,
+               "front_end_cpu_per_realtime_stream": front / load["audio_s"] if load["audio_s"] else None}
         print(f"  {json.dumps({k: v for k, v in row.items() if k != 'args'})}", file=sys.stderr, flush=True)
         return row
     finally:
