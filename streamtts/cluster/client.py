@@ -15,6 +15,8 @@ core request follows are kept here, so the stream a transport reads is the same:
   deadline (the audio the listener has ahead) for the replica's earliest-deadline-first order;
 * cancel, close, or a consumer gone: the running call is cancelled explicitly (the replica then
   drops the row at its next tick);
+* admission: the replicas' live capacities summed, less the streams the cluster's other front
+  ends hold (``streamtts.cluster.fronts``), so front ends behind one load balancer share them;
 * a replica that dies mid-chunk: the chunk goes to another replica with the samples already sent
   skipped (synthesis is deterministic for text, voice, seed and speed), so the listener hears the
   same audio after a gap; only when no replica is left does the utterance fail
@@ -31,6 +33,8 @@ from collections import deque
 from typing import Callable, Optional
 
 from streamtts.cluster import APP_NAME, DEPLOYMENT
+from streamtts.cluster.fronts import FrontEnds, share
+from streamtts.cluster.metrics import ClusterMetrics
 from streamtts.constants import NATIVE_RATE
 from streamtts.core.outputs import AudioOut, FailedOut, FinishedOut, PauseOut, SegmentOut, SpokenSegment
 from streamtts.core.timing import pause_samples
@@ -69,12 +73,15 @@ class ClusterEngineClient(EngineClient):
         self.admission = Admission(1, config.queue_size, config.queue_timeout_s)
         self.admission.capacity = 0  # nobody is admitted before a replica reports its capacity
         self.stats = ClusterStats()
+        self.fronts = FrontEnds()
+        self._others = 0  # streams the other front ends hold
+        self._exchange_failed = False
         self.handle = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self._failure: Optional[str] = None
         self._ready = False
         self._stop = threading.Event()
-        self._gauges = _ClusterMetrics(metrics, self) if metrics is not None else None
+        self._gauges = ClusterMetrics(metrics, self) if metrics is not None else None
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self, on_ready: Optional[Callable[[], None]] = None) -> None:
@@ -100,12 +107,25 @@ class ClusterEngineClient(EngineClient):
             return
         told = False
         while not self._stop.is_set():
+            await self._exchange()
             self._follow()
             if self._ready and not told:
                 told = True
                 if on_ready is not None:
                     on_ready()
             await asyncio.sleep(POLL_S)
+
+    async def _exchange(self) -> None:
+        """The streams the other front ends hold (``streamtts.cluster.fronts``); on a failed
+        exchange the last known figure stands."""
+        try:
+            self._others = await asyncio.to_thread(self.fronts.exchange, self.admission.admitted)
+        except Exception as exc:
+            if not self._exchange_failed:
+                log.warning("cannot share admission with other front ends: %s: %s", type(exc).__name__, exc)
+            self._exchange_failed = True
+        else:
+            self._exchange_failed = False
 
     def warm_up(self) -> None:
         """Build the chunker's word segmenter (its dictionaries load on first use, about a second
@@ -120,17 +140,21 @@ class ClusterEngineClient(EngineClient):
         if not ray.is_initialized():
             ray.init(address=self.address, namespace="serve", logging_level=logging.WARNING,
                      log_to_driver=False, configure_logging=False)
-        return serve.get_deployment_handle(self.deployment, app_name=self.app_name)
+        from ray.serve.handle import DeploymentHandle
+
+        serve.get_deployment_handle(self.deployment, app_name=self.app_name)  # the app exists
+        # a handle of this client's own: the process's cached one may be in use, its router set up
+        return DeploymentHandle(self.deployment, self.app_name)
 
     def _follow(self) -> None:
         """Admission and readiness from the replicas' latest reports."""
         replicas = self.replicas()
-        capacity = sum(int(s.get("capacity") or 0) for s in replicas.values() if s.get("ready", True))
-        self._ready = capacity > 0
+        total = sum(int(s.get("capacity") or 0) for s in replicas.values() if s.get("ready", True))
+        self._ready = total > 0
         if self._ready:
-            self.admission.set_capacity(capacity)
+            self.admission.set_capacity(share(total, self._others))
         if self._gauges is not None:
-            self._gauges.update(replicas, capacity)
+            self._gauges.update(replicas, self.admission.capacity if self._ready else 0, self._others)
 
     def replicas(self) -> dict[str, dict]:
         from streamtts.cluster.registry import live
@@ -139,6 +163,17 @@ class ClusterEngineClient(EngineClient):
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        if self.handle is not None:  # the others need not wait for this key to go stale; a
+            # cluster already gone must not hold the shutdown up
+            leave = threading.Thread(target=self._leave, daemon=True)
+            leave.start()
+            leave.join(min(timeout, 1.0))
+
+    def _leave(self) -> None:
+        try:
+            self.fronts.leave()
+        except Exception:
+            pass
 
     @property
     def ready(self) -> bool:
@@ -450,44 +485,3 @@ def _busy(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, BackPressureError)
-
-
-class _ClusterMetrics:
-    """Gauges and counters of the cluster path on the front end's /metrics."""
-
-    def __init__(self, metrics, client: ClusterEngineClient):
-        from prometheus_client import Gauge
-
-        r = metrics.registry
-        self.metrics, self.client = metrics, client
-        self.replicas = Gauge("streamtts_cluster_replicas", "Engine replicas that report in", registry=r)
-        self.capacity = Gauge("streamtts_cluster_replica_capacity", "A replica's live capacity (streams)",
-                              ["replica"], registry=r)
-        self.load = Gauge("streamtts_cluster_replica_calls", "Chunk calls a replica holds now", ["replica"],
-                          registry=r)
-        self.failovers = Gauge("streamtts_cluster_failovers", "Chunk calls sent again after a replica failed",
-                               registry=r)
-        self.cancels = Gauge("streamtts_cluster_cancels", "Chunk calls cancelled (cancel, close, client gone)",
-                             registry=r)
-        self.calls = Gauge("streamtts_cluster_calls", "Chunk calls made", registry=r)
-        self.gap = Gauge("streamtts_cluster_failover_gap_seconds_last", "From a replica's failure to audio from "
-                         "another, for the last failover", registry=r)
-        self._known: set[str] = set()
-
-    def update(self, replicas: dict, capacity: int) -> None:
-        stats = self.client.stats
-        self.replicas.set(len(replicas))
-        for rid, s in replicas.items():
-            self.capacity.labels(replica=rid).set(s.get("capacity") or 0)
-            self.load.labels(replica=rid).set(max(s.get("calls", 0), s.get("sent", 0)))
-        for gone in self._known - set(replicas):
-            self.capacity.remove(gone)
-            self.load.remove(gone)
-        self._known = set(replicas)
-        self.failovers.set(stats.failovers)
-        self.cancels.set(stats.cancels)
-        self.calls.set(stats.calls)
-        if stats.gaps:
-            self.gap.set(stats.gaps[-1])
-        self.metrics.capacity.set(capacity)
-        self.metrics.ready.set(1 if self.client.ready else 0)

@@ -7,6 +7,7 @@ leaves no replica."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from support.servers import ProcessServer, free_port
-from support.ws import collect, events, jsend, read_until, ws_connect
+from support.ws import audio_bytes, collect, events, jsend, read_until, ws_connect
 
 REPORT = os.environ.get("STREAMTTS_CLUSTER_REPORT")  # measured figures go here (JSON lines)
 
@@ -290,6 +291,58 @@ def test_openai_http_through_the_replicas(cluster, int8_engine):
     while cluster.srv.metrics().get("streamtts_cluster_calls", 0.0) <= calls and time.monotonic() < deadline:
         time.sleep(0.3)
     assert cluster.srv.metrics().get("streamtts_cluster_calls", 0.0) > calls
+
+
+def test_a_second_front_end_shares_the_replicas_capacity(cluster):
+    """Two front ends on one cluster: the streams one holds are taken off what the other admits.
+    While a second front end (here, in this process) holds the replicas' whole capacity, a
+    session on the first is queued; once the second lets go it is served."""
+    from streamtts.cluster.client import ClusterEngineClient
+    from streamtts.engine_client.admission import Busy
+    from streamtts.server.config import ServerConfig
+
+    cluster.wait_replicas(2)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def on_loop(fn):  # the admission lives on its front end's loop
+        async def call():
+            return fn()
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(30)
+
+    second = ClusterEngineClient(ServerConfig(static_dir=None))
+    ready = threading.Event()
+    loop.call_soon_threadsafe(second.start, ready.set)
+    slots = []
+    try:
+        assert ready.wait(120) and second.failure is None, second.failure
+        deadline = time.monotonic() + 60
+        while cluster.srv.metrics()["streamtts_capacity"] > 0:  # the first admits nothing more
+            assert time.monotonic() < deadline, f"the first front end still admits: {cluster.srv.metrics()}"
+            try:
+                slots.append(on_loop(second.admission.take))
+            except Busy:
+                pass
+            time.sleep(0.05)
+        held = len(slots)
+        with ws_connect(cluster.srv) as ws:
+            jsend(ws, type="start", voice="biaobei", seed=31, format="pcm_f32le")
+            jsend(ws, type="text", text="你好，很高兴认识你。")
+            jsend(ws, type="end")
+            queued = read_until(ws, lambda it: events(it, "queued") or audio_bytes(it), timeout=60)
+            assert events(queued, "queued") and not audio_bytes(queued), events(queued)
+            for slot in slots:
+                on_loop(slot.release)
+            slots = []
+            items, code = collect(ws, timeout=180)
+        assert code == 1000 and events(items)[-1]["type"] == "done", (code, events(items)[-1:])
+        assert audio_bytes(items) > 0
+        report(case="two_front_ends", slots_held_by_the_second=held)
+    finally:
+        for slot in slots:
+            on_loop(slot.release)
+        loop.call_soon_threadsafe(second.stop)
+        loop.call_soon_threadsafe(loop.stop)
 
 
 def test_scale_down_lets_the_removed_replica_finish_its_chunks(cluster, int8_engine):
