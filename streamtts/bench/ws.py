@@ -218,6 +218,12 @@ def run_clients(server: Server, texts: Sequence[str], stagger_s: float) -> tuple
     async def main() -> None:
         await asyncio.gather(*(one(lg) for lg in logs))
 
+    # Each client's chunker (when its first chunk is complete) segments words: the segmenter is
+    # built here, not on the clients' event loop mid-stream, where loading it would hold every
+    # client's playback up for a second and count as stalls of the server.
+    from streamtts.text.chunker import preload
+
+    preload()
     t0 = time.monotonic()
     asyncio.run(main())
     return logs, time.monotonic() - t0
