@@ -108,3 +108,48 @@ def test_front_end_builds_its_word_segmenter_before_it_serves():
     client.warm_up()
     assert lexicon._tokenizer is not None
     assert lexicon.cut("我们的流式合成器很快") == ["我们", "的", "流式合成器", "很快"]
+
+
+class _DictKV:
+    """A key-value store in a dict, standing in for the cluster's (the policy below is pure)."""
+
+    def __init__(self):
+        self.data: dict[bytes, bytes] = {}
+
+    def put(self, key, value):
+        self.data[key] = value
+
+    def keys(self, prefix):
+        return [k for k in self.data if k.startswith(prefix)]
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def delete(self, key):
+        self.data.pop(key, None)
+
+
+def test_front_ends_take_each_others_streams_off_their_share_until_one_goes_quiet():
+    from streamtts.cluster.fronts import GONE_S, STALE_S, FrontEnds, share
+
+    kv, now = _DictKV(), [0.0]
+    a, b = (FrontEnds(name, kv=kv, clock=lambda: now[0]) for name in ("a", "b"))
+    assert a.exchange(3) == 0  # b has not spoken yet
+    assert b.exchange(2) == 3
+    assert a.exchange(3) == 2
+    assert share(10, b.exchange(2)) == 7
+    assert share(4, 6) == 0
+    # a crashes: its record stops changing; b counts it until it is stale, deletes it much later
+    now[0] += STALE_S / 2
+    assert b.exchange(2) == 3
+    now[0] += STALE_S
+    assert b.exchange(2) == 0 and a.key in kv.data
+    now[0] += GONE_S
+    assert b.exchange(2) == 0 and a.key not in kv.data
+    # a front end that leaves takes its key with it at once
+    c = FrontEnds("c", kv=kv, clock=lambda: now[0])
+    assert c.exchange(1) == 2 and b.exchange(2) == 1
+    c.leave()
+    assert b.exchange(2) == 0
+    kv.put(b"front:junk", b"not json")  # another program's key under the prefix: ignored
+    assert b.exchange(2) == 0

@@ -6,10 +6,10 @@ every listener instead of anyone being queued. So every front end publishes the 
 in the cluster's key-value store (Ray's GCS, one key per front end, rewritten every poll) and
 admits the replicas' sum less what the others hold::
 
-    fronts = FrontEnds()                         # this process's key
-    others = fronts.exchange(admission.admitted)   # blocking (GCS calls): run it off the loop
+    fronts = FrontEnds()                          # this process's key
+    others = fronts.exchange(admission.admitted)  # blocking (GCS calls): run it off the loop
     admission.set_capacity(share(total, others))
-    fronts.leave()                               # on stop
+    fronts.leave()                                # on stop
 
 Two front ends that admit in the same poll can overshoot by what arrived in it; the next poll
 corrects the share. A front end that stops rewriting its key (a crashed process) no longer counts
@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 NAMESPACE = "streamtts"
 PREFIX = b"front:"
@@ -37,32 +37,61 @@ def share(total: int, others: int) -> int:
     return max(0, int(total) - max(0, int(others)))
 
 
+class RayKV:
+    """The cluster's key-value store (Ray's GCS), in this module's namespace."""
+
+    def __init__(self):
+        from ray.experimental import internal_kv
+
+        self._kv = internal_kv
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._kv._internal_kv_put(key, value, overwrite=True, namespace=NAMESPACE)
+
+    def keys(self, prefix: bytes) -> list[bytes]:
+        return self._kv._internal_kv_list(prefix, namespace=NAMESPACE)
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._kv._internal_kv_get(key, namespace=NAMESPACE)
+
+    def delete(self, key: bytes) -> None:
+        self._kv._internal_kv_del(key, namespace=NAMESPACE)
+
+
 class FrontEnds:
-    def __init__(self, name: Optional[str] = None):
+    """This front end's key, and what it knows of the others' (``kv``: the store, Ray's by
+    default; ``clock``: seconds, monotonic)."""
+
+    def __init__(self, name: Optional[str] = None, kv=None, clock: Callable[[], float] = time.monotonic):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.key = PREFIX + self.name.encode()
+        self._kv, self._clock = kv, clock
         self._seq = 0
         self._seen: dict[bytes, tuple[bytes, float]] = {}  # key -> (value, when it last changed)
 
+    @property
+    def kv(self):
+        if self._kv is None:
+            self._kv = RayKV()
+        return self._kv
+
     def exchange(self, admitted: int) -> int:
         """Publish the streams this front end holds; the streams the live others hold."""
-        from ray.experimental import internal_kv as kv
-
+        kv = self.kv
         self._seq += 1
-        kv._internal_kv_put(self.key, json.dumps({"admitted": int(admitted), "seq": self._seq}),
-                            overwrite=True, namespace=NAMESPACE)
-        now = time.monotonic()
+        kv.put(self.key, json.dumps({"admitted": int(admitted), "seq": self._seq}).encode())
+        now = self._clock()
         others = 0
-        keys = set(kv._internal_kv_list(PREFIX, namespace=NAMESPACE)) - {self.key}
+        keys = set(kv.keys(PREFIX)) - {self.key}
         for key in keys:
-            value = kv._internal_kv_get(key, namespace=NAMESPACE)
+            value = kv.get(key)
             if value is None:
                 continue
             last = self._seen.get(key)
             if last is None or last[0] != value:
                 self._seen[key] = last = (value, now)
             if now - last[1] > GONE_S:
-                kv._internal_kv_del(key, namespace=NAMESPACE)
+                kv.delete(key)
                 self._seen.pop(key, None)
             elif now - last[1] <= STALE_S:
                 try:
@@ -74,6 +103,4 @@ class FrontEnds:
         return others
 
     def leave(self) -> None:
-        from ray.experimental import internal_kv as kv
-
-        kv._internal_kv_del(self.key, namespace=NAMESPACE)
+        self.kv.delete(self.key)
