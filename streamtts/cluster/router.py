@@ -30,6 +30,8 @@ class LoadRouter(FIFOMixin, RequestRouter):
         pool = [r for r in candidate_replicas if r.replica_id.unique_id not in avoid
                 and (target is None or r.replica_id.unique_id == target)]
         pool.sort(key=lambda r: -headroom(r.routing_stats or {}, registry.sent(r.replica_id.unique_id)))
+        if pool and pending_request is not None:
+            registry.chosen(pending_request.metadata.internal_request_id, pool[0].replica_id.unique_id)
         return [[r] for r in pool]
 
     def on_request_routed(self, pending_request, replica_id, result) -> None:

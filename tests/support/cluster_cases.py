@@ -218,7 +218,12 @@ def test_loopback_only_namespace(cluster):
 
 
 def test_eight_streams_get_their_solo_audio_from_both_replicas(cluster, int8_engine):
+    """Eight utterances at once: each gets its solo audio, and their first chunks, chosen all
+    together, spread over the replicas by headroom (none is given more than its capacity while
+    the other still has room)."""
     want = [solo(int8_engine, *job) for job in JOBS]
+    cluster.wait_replicas(2)
+    caps = {rid: int(s.get("capacity") or 0) for rid, s in cluster.replicas().items()}
     results: dict = {}
     threads = [threading.Thread(target=speak, args=(cluster.srv, *job, results, i)) for i, job in enumerate(JOBS)]
     for t in threads:
@@ -231,9 +236,19 @@ def test_eight_streams_get_their_solo_audio_from_both_replicas(cluster, int8_eng
         ok, why = same_audio(items, want[i])
         assert ok, (text, why)
     seeds = {seed for _, _, seed in JOBS}
-    served = {rid: sum(1 for c in s["ledger"] if c["seed"] in seeds) for rid, s in cluster.stats().items()}
+    stats = cluster.stats()
+    served = {rid: sum(1 for c in s["ledger"] if c["seed"] in seeds) for rid, s in stats.items()}
     assert len(served) == 2 and all(n > 0 for n in served.values()), f"chunks per replica: {served}"
-    report(case="eight_streams", chunks_per_replica=served)
+    first: dict[int, tuple[float, str]] = {}  # seed -> (received, replica) of its first chunk
+    for rid, s in stats.items():
+        for c in s["ledger"]:
+            if c["seed"] in seeds and (c["seed"] not in first or c["received"] < first[c["seed"]][0]):
+                first[c["seed"]] = (c["received"], rid)
+    firsts = {rid: sum(1 for _, r in first.values() if r == rid) for rid in stats}
+    report(case="eight_streams", chunks_per_replica=served, first_chunks_per_replica=firsts, capacities=caps)
+    for rid, other in (tuple(stats), tuple(stats)[::-1]):  # (a live capacity may move by one)
+        assert firsts[rid] <= caps.get(rid, 0) + 1 or firsts[other] >= caps.get(other, 0) - 1, \
+            f"first chunks per replica {firsts}, capacities {caps}"
 
 
 def test_cancel_stops_the_row_at_the_replica(cluster):
